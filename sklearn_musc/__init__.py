@@ -1,0 +1,24 @@
+"""sklearn-musc: zero-shot industrial anomaly detection (MuSc) as scikit-learn estimators.
+
+A batch of unlabeled images of one product is turned into ViT patch tokens
+(:class:`ViTPatchTransformer`), aggregated over local neighbourhoods
+(:class:`LNAMDTransformer`), scored by the other images of the batch
+(:class:`MutualScoringDetector`) and the image scores refined with image-level
+neighbours (:class:`RsCINRescorer`).
+"""
+
+from ._batch import FeatureSets, ImageScores, PatchTokens
+from .aggregation import LNAMDTransformer
+from .rescoring import RsCINRescorer
+from .scoring import MutualScoringDetector
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "FeatureSets",
+    "ImageScores",
+    "LNAMDTransformer",
+    "MutualScoringDetector",
+    "PatchTokens",
+    "RsCINRescorer",
+]

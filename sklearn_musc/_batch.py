@@ -1,0 +1,162 @@
+"""Small, picklable containers that flow between the pipeline steps.
+
+Each step of a MuSc pipeline passes the next one a batch: the arrays it needs
+plus the little metadata (model input size, original image sizes, image names)
+that later steps use to put maps back on the images. They are plain
+dataclasses of numpy arrays and tuples, so they pickle, hash (for
+``Pipeline(memory=...)``) and print cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["PatchTokens", "FeatureSets", "ImageScores"]
+
+Size = Tuple[int, int]
+
+
+def _take_optional(value, indices):
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(value[i] for i in indices)
+    return value[indices]
+
+
+class _BatchMixin:
+    """Shared behaviour: length, subsetting by image, short repr."""
+
+    # Fields indexed by image (first axis or tuple entry); the others are
+    # per-batch metadata and are kept as they are by ``take``.
+    _per_image: Tuple[str, ...] = ()
+
+    def __len__(self):
+        return self.n_images
+
+    def take(self, indices):
+        """Return the batch restricted (and reordered) to ``indices``."""
+        indices = np.asarray(indices, dtype=np.intp)
+        changes = {}
+        for name in self._per_image:
+            changes[name] = _take_optional(getattr(self, name), indices)
+        return replace(self, **changes)
+
+    def __repr__(self):
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                parts.append(f"{f.name}=<{value.dtype} array {tuple(value.shape)}>")
+            elif isinstance(value, tuple) and len(value) > 4:
+                parts.append(f"{f.name}=<{len(value)} entries>")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+@dataclass(repr=False, eq=False)
+class PatchTokens(_BatchMixin):
+    """Patch tokens of a batch of images (output of ``ViTPatchTransformer``).
+
+    Attributes
+    ----------
+    tokens : ndarray of shape (n_images, n_layers, grid_h, grid_w, dim)
+        Patch tokens of the selected layers, prefix tokens removed. float16 or
+        float32.
+    embeddings : ndarray of shape (n_images, embed_dim) or None
+        Unit-norm image embeddings (pooled / projected class token), used by
+        ``RsCINRescorer``.
+    input_size : (int, int) or None
+        Model input size (height, width) in pixels; anomaly maps are upsampled
+        to it.
+    original_sizes : tuple of (int, int) or None
+        Size (height, width) of each image before preprocessing.
+    layers : tuple of int or None
+        0-based block index of each layer in ``tokens``.
+    sources : tuple of str or None
+        A name for each image (its path, or ``"<array 3>"``).
+    """
+
+    tokens: np.ndarray
+    embeddings: Optional[np.ndarray] = None
+    input_size: Optional[Size] = None
+    original_sizes: Optional[Tuple[Size, ...]] = None
+    layers: Optional[Tuple[int, ...]] = None
+    sources: Optional[Tuple[str, ...]] = None
+
+    _per_image = ("tokens", "embeddings", "original_sizes", "sources")
+
+    @property
+    def n_images(self):
+        return self.tokens.shape[0]
+
+    @property
+    def grid_size(self):
+        return tuple(self.tokens.shape[2:4])
+
+
+@dataclass(repr=False, eq=False)
+class FeatureSets(_BatchMixin):
+    """Aggregated, unit-norm patch features (output of ``LNAMDTransformer``).
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_images, n_sets, grid_h, grid_w, dim)
+        One feature set per (layer, degree); each patch vector has unit L2 norm.
+    set_index : tuple of (int, int)
+        ``(layer, r)`` of each set: the layer position in the input (or the
+        block index when known) and the aggregation degree (0 for the
+        similarity-weighted variant, which merges all degrees).
+    embeddings, input_size, original_sizes, sources
+        Passed through from :class:`PatchTokens`.
+    """
+
+    features: np.ndarray
+    set_index: Tuple[Tuple[int, int], ...] = ()
+    embeddings: Optional[np.ndarray] = None
+    input_size: Optional[Size] = None
+    original_sizes: Optional[Tuple[Size, ...]] = None
+    sources: Optional[Tuple[str, ...]] = None
+
+    _per_image = ("features", "embeddings", "original_sizes", "sources")
+
+    @property
+    def n_images(self):
+        return self.features.shape[0]
+
+    @property
+    def grid_size(self):
+        return tuple(self.features.shape[2:4])
+
+
+@dataclass(repr=False, eq=False)
+class ImageScores(_BatchMixin):
+    """Image scores of a detector, with what a re-scorer needs.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_images,)
+        Image anomaly scores, higher means more anomalous.
+    embeddings : ndarray of shape (n_images, embed_dim) or None
+        Unit-norm image embeddings (class token), when the backbone gave them.
+    salient_features : ndarray of shape (n_images, dim) or None
+        Each image's feature vector at its most anomalous patch (MuSc-V2's
+        "anomaly-salient" feature), an embedding that needs no class token.
+    sources : tuple of str or None
+        A name for each image.
+    """
+
+    scores: np.ndarray
+    embeddings: Optional[np.ndarray] = None
+    salient_features: Optional[np.ndarray] = None
+    sources: Optional[Tuple[str, ...]] = None
+
+    _per_image = ("scores", "embeddings", "salient_features", "sources")
+
+    @property
+    def n_images(self):
+        return self.scores.shape[0]

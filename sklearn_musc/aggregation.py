@@ -1,0 +1,190 @@
+"""Local Neighbourhood Aggregation with Multiple Degrees (LNAMD), SPEC section 2."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._batch import FeatureSets
+from ._device import resolve_device
+from ._validation import as_patch_tokens, check_finite, check_int_list
+
+__all__ = ["LNAMDTransformer"]
+
+_LN_EPS = 1e-5
+
+
+def _lnamd(x, r_list):
+    """MuSc's LNAMD for one layer: x (B, C, h, w) -> (B, len(r_list), h, w, C)."""
+    # One LayerNorm over the whole (C, h, w) tensor of each image, no affine.
+    x = F.layer_norm(x, x.shape[1:], eps=_LN_EPS)
+    out = []
+    for r in r_list:
+        # count_include_pad=True: border patches are diluted by the zero
+        # padding, as in the reference.
+        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=True)
+        out.append(F.normalize(y, dim=1))
+    return torch.stack(out, dim=1).permute(0, 1, 3, 4, 2)
+
+
+def _snamd(x, r_list):
+    """MuSc-V2's similarity-weighted aggregation: x (B, C, h, w) -> (B, 1, h, w, C).
+
+    Each neighbour q of p inside the image is weighted by exp(-||x_q - x_p||);
+    the per-degree weighted means are averaged over ``r_list``. The windows of
+    all degrees are nested, so every offset is visited once.
+    """
+    k = max(r_list) // 2
+    padded = F.pad(x, (k, k, k, k))
+    inside = F.pad(torch.ones_like(x[:, :1]), (k, k, k, k))
+    h, w = x.shape[-2:]
+    sums = [torch.zeros_like(x) for _ in r_list]
+    weights = [torch.zeros_like(x[:, :1]) for _ in r_list]
+    for dy in range(-k, k + 1):
+        for dx in range(-k, k + 1):
+            nb = padded[:, :, k + dy : k + dy + h, k + dx : k + dx + w]
+            valid = inside[:, :, k + dy : k + dy + h, k + dx : k + dx + w]
+            wgt = torch.exp(-torch.linalg.vector_norm(nb - x, dim=1, keepdim=True)) * valid
+            for i, r in enumerate(r_list):
+                if max(abs(dy), abs(dx)) <= r // 2:
+                    sums[i] += wgt * nb
+                    weights[i] += wgt
+    y = torch.stack([s / wt for s, wt in zip(sums, weights)]).mean(dim=0)
+    return F.normalize(y, dim=1)[:, None].permute(0, 1, 3, 4, 2)
+
+
+class LNAMDTransformer(TransformerMixin, BaseEstimator):
+    """Aggregate ViT patch tokens over local neighbourhoods of several sizes.
+
+    For each image and each layer, the patch tokens are layer-normalised
+    jointly over (channels, height, width), averaged over each patch's
+    ``r x r`` neighbourhood for every degree ``r`` in ``r_list`` (zero padding
+    counted in the mean) and L2-normalised. This gives
+    ``n_layers * len(r_list)`` feature sets per image, the input of
+    :class:`MutualScoringDetector`. The transformation is per image and has no
+    state: ``fit`` only validates.
+
+    Parameters
+    ----------
+    r_list : sequence of int, default=(1, 3, 5)
+        Aggregation degrees: odd neighbourhood sizes; 1 keeps each patch alone.
+    aggregation : {"mean", "similarity"}, default="mean"
+        ``"mean"`` is MuSc's LNAMD. ``"similarity"`` is MuSc-V2's SNAMD: the
+        neighbours are weighted by ``exp(-distance)`` to the centre patch, the
+        degrees are averaged into a single set per layer and, as in the V2
+        reference, no joint LayerNorm is applied.
+    device : str, default="auto"
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:<i>".
+    batch_size : int, default=32
+        Images aggregated at once on the device.
+
+    Attributes
+    ----------
+    set_index_ : tuple of (int, int)
+        ``(layer, r)`` of each output set (``r = 0`` for "similarity").
+    n_layers_in_ : int
+        Number of layers seen in ``fit``.
+    dim_in_ : int
+        Token width seen in ``fit``.
+    device_ : torch.device
+        The device used.
+
+    See Also
+    --------
+    MutualScoringDetector : scores the feature sets this transformer makes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_musc import LNAMDTransformer
+    >>> tokens = np.random.default_rng(0).normal(size=(4, 2, 7, 7, 16))
+    >>> feats = LNAMDTransformer(r_list=(1, 3), device="cpu").fit_transform(tokens)
+    >>> feats.features.shape
+    (4, 4, 7, 7, 16)
+    >>> feats.set_index
+    ((0, 1), (0, 3), (1, 1), (1, 3))
+    """
+
+    def __init__(self, r_list=(1, 3, 5), aggregation="mean", device="auto", batch_size=32):
+        self.r_list = r_list
+        self.aggregation = aggregation
+        self.device = device
+        self.batch_size = batch_size
+
+    def fit(self, X, y=None):
+        """Validate the parameters and the shape of the tokens.
+
+        Parameters
+        ----------
+        X : PatchTokens or array-like of shape (n_images, n_layers, grid_h, grid_w, dim)
+            Patch tokens, prefix tokens removed.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        r_list = check_int_list(self.r_list, "r_list", odd=True)
+        if self.aggregation not in ("mean", "similarity"):
+            raise ValueError(f"aggregation must be 'mean' or 'similarity', got {self.aggregation!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        X = as_patch_tokens(X)
+        _, n_layers, h, w, dim = X.tokens.shape
+        if max(r_list) > 2 * min(h, w) - 1:
+            raise ValueError(f"r_list {r_list} has a window larger than the {h} x {w} patch grid allows")
+        self.device_ = resolve_device(self.device)
+        self.n_layers_in_ = n_layers
+        self.dim_in_ = dim
+        layers = X.layers if X.layers is not None else tuple(range(n_layers))
+        if self.aggregation == "mean":
+            self.set_index_ = tuple((layer, r) for layer in layers for r in r_list)
+        else:
+            self.set_index_ = tuple((layer, 0) for layer in layers)
+        self._r_list = r_list
+        return self
+
+    def transform(self, X):
+        """Aggregate the tokens into unit-norm feature sets.
+
+        Parameters
+        ----------
+        X : PatchTokens or array-like of shape (n_images, n_layers, grid_h, grid_w, dim)
+            Patch tokens with the layers and width seen in ``fit``.
+
+        Returns
+        -------
+        features : FeatureSets
+            ``features.features`` has shape (n_images, n_sets, grid_h, grid_w, dim).
+        """
+        check_is_fitted(self, "set_index_")
+        X = as_patch_tokens(X)
+        n, n_layers, h, w, dim = X.tokens.shape
+        if (n_layers, dim) != (self.n_layers_in_, self.dim_in_):
+            raise ValueError(
+                f"tokens have {n_layers} layers of width {dim}; this transformer was "
+                f"fitted on {self.n_layers_in_} layers of width {self.dim_in_}"
+            )
+        kernel = _lnamd if self.aggregation == "mean" else _snamd
+        per_layer = len(self.set_index_) // n_layers
+        out = np.empty((n, len(self.set_index_), h, w, dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                chunk = torch.as_tensor(X.tokens[start : start + self.batch_size])
+                chunk = chunk.to(self.device_, torch.float32)
+                check_finite(chunk, "tokens")
+                for layer in range(n_layers):
+                    x = chunk[:, layer].permute(0, 3, 1, 2)
+                    sets = kernel(x, self._r_list)
+                    stop = start + chunk.shape[0]
+                    out[start:stop, layer * per_layer : (layer + 1) * per_layer] = sets.cpu().numpy()
+        return FeatureSets(
+            features=out,
+            set_index=self.set_index_,
+            embeddings=X.embeddings,
+            input_size=X.input_size,
+            original_sizes=X.original_sizes,
+            sources=X.sources,
+        )

@@ -1,0 +1,186 @@
+"""Re-scoring with a Constrained Image-level Neighbourhood (RsCIN), SPEC section 4."""
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+
+from ._batch import ImageScores
+from ._threshold import threshold_scores
+from ._validation import check_contamination, check_int_list
+
+__all__ = ["RsCINRescorer"]
+
+
+def _minmax(scores):
+    """Scale to [0, 1]; all-equal scores (no image stands out) become zeros."""
+    low, high = scores.min(), scores.max()
+    if high - low <= 0:
+        return np.zeros_like(scores)
+    return (scores - low) / (high - low)
+
+
+def _rscin(scores, embeddings, k_list):
+    """Mean over k of the top-k-neighbourhood weighted averages of min-max scores."""
+    scores = _minmax(np.asarray(scores, dtype=np.float64))
+    E = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(E, axis=1, keepdims=True)
+    E = E / np.where(norms > 0, norms, 1.0)
+    W = E @ E.T
+    n = len(scores)
+    np.fill_diagonal(W, 1.0)  # cosine of an image with itself, also for a zero embedding
+    # Negative similarities would enter the weights with a negative sign (and
+    # can make a row sum vanish); an image unlike another gets no weight.
+    W = np.clip(W, 0.0, None)
+    # The image itself must be among its k nearest even when other images tie
+    # with it (duplicates), so rank it first.
+    ranking = W.copy()
+    np.fill_diagonal(ranking, np.inf)
+    order = np.argsort(-ranking, axis=1, kind="stable")
+    rescored = np.zeros(n)
+    for k in k_list:
+        keep = order[:, :k]
+        weights = np.take_along_axis(W, keep, axis=1)
+        weights /= weights.sum(axis=1, keepdims=True)  # >= 1 thanks to the diagonal
+        rescored += (weights * scores[keep]).sum(axis=1)
+    return rescored / len(k_list)
+
+
+class RsCINRescorer(OutlierMixin, BaseEstimator):
+    """Refine image anomaly scores with each image's nearest images.
+
+    The scores are min-max normalised over the batch; then, for each window
+    ``k`` in ``k_list``, each image's score is replaced by the
+    similarity-weighted mean of the scores of its ``k`` most similar images
+    (itself included), the similarity being the cosine of image embeddings.
+    The result is the mean over the windows. Similar images get similar
+    scores, which suppresses the isolated false alarms of a patch-level
+    scorer.
+
+    RsCIN needs only image scores and embeddings, so it works behind any
+    scorer (MuSc's :class:`MutualScoringDetector`, PatchCore, an
+    IsolationForest, ...). It is transductive: it rescores the batch it is
+    fitted on.
+
+    Parameters
+    ----------
+    k_list : sequence of int, default=(1, 2, 3)
+        Neighbourhood sizes. The reference uses (1, 2, 3) for MVTec AD and
+        (1, 8, 9) for VisA; MuSc-V2 uses (1, 7) with ``embedding="salient"``.
+        ``k = 1`` keeps each image alone (its normalised score). A ``k``
+        larger than the batch is clipped to the batch size (all images).
+    embedding : {"auto", "image", "salient"}, default="auto"
+        Which embedding of an :class:`ImageScores` input to use: "image" (the
+        backbone's image embedding), "salient" (MuSc-V2's feature of the most
+        anomalous patch), or "auto" (the image embedding when there is one,
+        else the salient feature). Ignored when ``X`` is an array.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        How rescored values become labels; see
+        :class:`MutualScoringDetector`.
+
+    Attributes
+    ----------
+    anomaly_scores_ : ndarray of shape (n_images,)
+        Rescored values in [0, 1]; higher is more anomalous. All zeros when
+        every input score is equal (no image stands out).
+    threshold_ : float
+        Images scoring strictly above it are labelled -1.
+    labels_ : ndarray of shape (n_images,)
+        1 for normal, -1 for anomalous.
+    k_list_ : tuple of int
+        The windows used, after clipping to the batch size.
+    embedding_ : str
+        The embedding used: "image", "salient" or "array".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_musc import RsCINRescorer
+    >>> rng = np.random.default_rng(0)
+    >>> embeddings = rng.normal(size=(6, 16))
+    >>> scores = np.array([0.1, 0.2, 0.15, 0.9, 0.12, 0.18])
+    >>> rs = RsCINRescorer(k_list=(1, 2), contamination=0.2).fit(embeddings, scores=scores)
+    >>> rs.anomaly_scores_.round(2)
+    array([0.01, 0.11, 0.07, 0.95, 0.03, 0.09])
+    >>> rs.labels_
+    array([ 1,  1,  1, -1,  1,  1])
+    """
+
+    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto"):
+        self.k_list = k_list
+        self.embedding = embedding
+        self.contamination = contamination
+
+    def _embeddings(self, X):
+        if self.embedding not in ("auto", "image", "salient"):
+            raise ValueError(f"embedding must be 'auto', 'image' or 'salient', got {self.embedding!r}")
+        if self.embedding in ("auto", "image") and X.embeddings is not None:
+            return X.embeddings, "image"
+        if self.embedding in ("auto", "salient") and X.salient_features is not None:
+            return X.salient_features, "salient"
+        raise ValueError(
+            f"embedding={self.embedding!r}, but the input carries no such embedding; "
+            "pass embeddings and scores as arrays: fit(embeddings, scores=...)"
+        )
+
+    def fit(self, X, y=None, scores=None):
+        """Rescore the batch.
+
+        Parameters
+        ----------
+        X : ImageScores or array-like of shape (n_images, embed_dim)
+            The output of a detector's ``fit_transform`` (scores and
+            embeddings), or image embeddings from any backbone.
+        y : None
+            Ignored.
+        scores : array-like of shape (n_images,), default=None
+            Image anomaly scores (higher = more anomalous) of any scorer;
+            required when ``X`` is an array, taken from ``X`` otherwise. Give
+            scikit-learn's ``score_samples`` output negated.
+
+        Returns
+        -------
+        self : object
+        """
+        k_list = check_int_list(self.k_list, "k_list")
+        check_contamination(self.contamination)
+        if isinstance(X, ImageScores):
+            if scores is not None:
+                raise ValueError("scores are taken from the ImageScores input; do not pass them too")
+            scores = X.scores
+            embeddings, self.embedding_ = self._embeddings(X)
+        else:
+            if scores is None:
+                raise ValueError("scores are required when X is an array of embeddings: fit(X, scores=...)")
+            embeddings, self.embedding_ = X, "array"
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        scores = np.asarray(scores, dtype=np.float64)
+        if embeddings.ndim != 2 or scores.ndim != 1 or len(embeddings) != len(scores):
+            raise ValueError(
+                "need embeddings of shape (n_images, embed_dim) and scores of shape "
+                f"(n_images,), got {embeddings.shape} and {scores.shape}"
+            )
+        if len(scores) == 0:
+            raise ValueError("RsCIN needs at least one image")
+        if not (np.isfinite(embeddings).all() and np.isfinite(scores).all()):
+            raise ValueError("embeddings and scores must not contain NaN or infinity")
+        self.k_list_ = tuple(min(k, len(scores)) for k in k_list)
+        self.anomaly_scores_ = _rscin(scores, embeddings, self.k_list_)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        return self
+
+    def fit_predict(self, X, y=None, scores=None):
+        """Rescore the batch and return its labels (1 normal, -1 anomalous).
+
+        Parameters
+        ----------
+        X : ImageScores or array-like of shape (n_images, embed_dim)
+            See :meth:`fit`.
+        y : None
+            Ignored.
+        scores : array-like of shape (n_images,), default=None
+            See :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+        """
+        return self.fit(X, scores=scores).labels_

@@ -1,0 +1,311 @@
+"""Mutual Scoring Mechanism (MSM), SPEC section 3: the images of a batch score each other."""
+
+import hashlib
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _msm
+from ._batch import ImageScores
+from ._device import resolve_device
+from ._threshold import threshold_scores
+from ._validation import as_feature_sets, check_contamination, check_finite
+
+__all__ = ["MutualScoringDetector"]
+
+# Default size of one block-pair product on the CPU; large enough for the
+# matrix multiply to run at full speed, small enough to stay in memory easily.
+_CPU_BLOCK_BYTES = 256 * 2**20
+
+
+def _score_batch(features, set_ids, k_bounds, device, block_bytes):
+    """Per-set patch scores of one (sub)batch: (n, n_sets, h, w) float32 array."""
+    n, _, h, w, dim = features.shape
+    L = h * w
+    block = _msm.block_images(L, block_bytes)
+    out = np.empty((n, len(set_ids), h, w), dtype=np.float32)
+    with torch.inference_mode():
+        for s in set_ids:
+            Z = torch.as_tensor(features[:, s]).to(device, torch.float32).reshape(n, L, dim)
+            check_finite(Z, "features")
+            # Idempotent for LNAMD output; makes raw arrays safe for 2 - 2 x.y.
+            Z = F.normalize(Z, dim=-1)
+            table = _msm.max_similarity_table(Z, block)
+            out[:, s] = _msm.interval_average(table, *k_bounds).reshape(n, h, w).cpu().numpy()
+    return out
+
+
+def _fingerprint(features):
+    """Cheap identity of a feature array: its shape and one patch per image."""
+    probe = np.ascontiguousarray(features[:, :, 0, 0, : min(8, features.shape[-1])], dtype=np.float32)
+    return (features.shape, hashlib.blake2b(probe.tobytes(), digest_size=16).hexdigest())
+
+
+class MutualScoringDetector(OutlierMixin, BaseEstimator):
+    """Zero-shot anomaly detection by mutual scoring of an unlabeled batch.
+
+    Every patch of every image is scored by the other images of the batch: for
+    each other image, the distance to its nearest patch; the distances of the
+    ``N - 1`` other images are sorted and those ranked in
+    ``[floor((N-1) topmin_min), floor((N-1) topmin_max))`` averaged. Normal
+    patches find close matches in many images, defective ones in few. The
+    patch score is the mean of that interval average over the feature sets of
+    :class:`LNAMDTransformer`; the anomaly map is the patch-score grid
+    upsampled (bilinear, ``align_corners=True``) to the model input size, and
+    the image score is the map's maximum.
+
+    The detector is transductive, like
+    :class:`~sklearn.neighbors.LocalOutlierFactor` with ``novelty=False``: it
+    scores the batch it is fitted on. Use :meth:`fit_predict`, or
+    :meth:`fit_transform` to hand the image scores to :class:`RsCINRescorer`.
+
+    Parameters
+    ----------
+    topmin_min, topmin_max : float, default=0.0, 0.3
+        Bounds of the rank interval, as fractions of the ``N - 1`` other
+        images, ``0 <= topmin_min < topmin_max <= 1``. At least one image is
+        always used (``k_max >= 1``), so batches of 2 to 4 images score.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        How image scores become labels. A float flags that share of the batch
+        (the ``1 - contamination`` quantile is the threshold). "auto" flags
+        images above ``median + 3 * 1.4826 * MAD`` of the scores, a robust
+        three-sigma rule that needs no labels and assumes fewer than half of
+        the images are defective.
+    n_subsets : int, default=1
+        Score the batch as this many random, disjoint subsets of nearly equal
+        size, each on its own (the reference's ``divide_num``): the cost falls
+        from ``N^2`` to ``N^2 / n_subsets``, each subset needs 2 images or more.
+    max_subset_size : int or None, default=None
+        When set, use as many subsets as needed so that none is larger.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the split into subsets.
+    n_jobs : int or None, default=None
+        Subsets scored in parallel with joblib; ``None`` means 1 unless in a
+        :func:`joblib.parallel_config` context, whose backend (threading, loky,
+        Dask, Ray) is used.
+    device : str, default="auto"
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:<i>".
+
+    Attributes
+    ----------
+    patch_scores_ : ndarray of shape (n_images, grid_h, grid_w)
+        Patch scores, mean over the feature sets.
+    set_patch_scores_ : ndarray of shape (n_images, n_sets, grid_h, grid_w)
+        Patch scores of each feature set.
+    anomaly_maps_ : ndarray of shape (n_images, H, W)
+        Patch scores upsampled to the model input size when the input carries
+        it (output of ``ViTPatchTransformer``), else equal to ``patch_scores_``.
+    anomaly_scores_ : ndarray of shape (n_images,)
+        Image scores (maximum of the anomaly map); higher is more anomalous.
+    threshold_ : float
+        Images scoring strictly above it are labelled -1.
+    labels_ : ndarray of shape (n_images,)
+        1 for normal, -1 for anomalous.
+    subsets_ : list of ndarray
+        Indices of the images of each subset.
+    device_ : torch.device
+        The device used.
+
+    See Also
+    --------
+    LNAMDTransformer : makes the feature sets this detector scores.
+    RsCINRescorer : refines the image scores with image-level neighbours.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.pipeline import Pipeline
+    >>> from sklearn_musc import LNAMDTransformer, MutualScoringDetector
+    >>> rng = np.random.default_rng(0)
+    >>> tokens = rng.normal(size=(8, 2, 6, 6, 32)) + rng.normal(size=(1, 2, 6, 6, 32)) * 3
+    >>> tokens[5, :, 2:4, 2:4] += 4 * rng.normal(size=32)  # a defect in image 5
+    >>> det = MutualScoringDetector(device="cpu")
+    >>> labels = Pipeline([("lnamd", LNAMDTransformer(device="cpu")), ("msm", det)]).fit_predict(tokens)
+    >>> int(det.anomaly_scores_.argmax()), int(labels[5])
+    (5, -1)
+    """
+
+    def __init__(
+        self,
+        topmin_min=0.0,
+        topmin_max=0.3,
+        contamination="auto",
+        n_subsets=1,
+        max_subset_size=None,
+        random_state=None,
+        n_jobs=None,
+        device="auto",
+    ):
+        self.topmin_min = topmin_min
+        self.topmin_max = topmin_max
+        self.contamination = contamination
+        self.n_subsets = n_subsets
+        self.max_subset_size = max_subset_size
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.device = device
+
+    def _check_params(self):
+        if not 0.0 <= self.topmin_min < self.topmin_max <= 1.0:
+            raise ValueError(
+                "need 0 <= topmin_min < topmin_max <= 1, got "
+                f"topmin_min={self.topmin_min!r}, topmin_max={self.topmin_max!r}"
+            )
+        check_contamination(self.contamination)
+        if not isinstance(self.n_subsets, numbers.Integral) or self.n_subsets < 1:
+            raise ValueError(f"n_subsets must be a positive int, got {self.n_subsets!r}")
+        if self.max_subset_size is not None and (
+            not isinstance(self.max_subset_size, numbers.Integral) or self.max_subset_size < 2
+        ):
+            raise ValueError(f"max_subset_size must be None or an int >= 2, got {self.max_subset_size!r}")
+
+    def _split(self, n):
+        n_subsets = self.n_subsets
+        if self.max_subset_size is not None:
+            n_subsets = max(n_subsets, math.ceil(n / self.max_subset_size))
+        if n // n_subsets < 2:
+            raise ValueError(
+                f"{n} images cannot be split into {n_subsets} subsets of 2 images or more"
+            )
+        if n_subsets == 1:
+            return [np.arange(n)]
+        order = check_random_state(self.random_state).permutation(n)
+        return [np.sort(part) for part in np.array_split(order, n_subsets)]
+
+    def fit(self, X, y=None):
+        """Score every image of the batch ``X`` against the others.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets (output of :class:`LNAMDTransformer`); raw arrays are
+            L2-normalised per patch.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        self._check_params()
+        X = as_feature_sets(X)
+        n = X.n_images
+        if n < 2:
+            raise ValueError(
+                f"mutual scoring needs at least 2 images in the batch, got {n}: "
+                "an image alone has nothing to be compared with"
+            )
+        self.device_ = resolve_device(self.device)
+        block_bytes = _CPU_BLOCK_BYTES
+        self.subsets_ = self._split(n)
+        set_ids = range(X.features.shape[1])
+        jobs = (
+            delayed(_score_batch)(
+                X.features[idx],
+                set_ids,
+                _msm.interval_bounds(len(idx), self.topmin_min, self.topmin_max),
+                self.device_,
+                block_bytes,
+            )
+            for idx in self.subsets_
+        )
+        results = Parallel(n_jobs=self.n_jobs)(jobs)
+        set_scores = np.empty((n, len(set_ids)) + X.grid_size, dtype=np.float32)
+        for idx, part in zip(self.subsets_, results):
+            set_scores[idx] = part
+        self.set_patch_scores_ = set_scores
+        self.patch_scores_ = set_scores.mean(axis=1)
+        self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
+        self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        self._output = ImageScores(
+            scores=self.anomaly_scores_,
+            embeddings=X.embeddings,
+            salient_features=self._salient_features(X),
+            sources=X.sources,
+        )
+        self._fingerprint = _fingerprint(X.features)
+        return self
+
+    def _upsample(self, patch_scores, input_size):
+        if input_size is None or tuple(input_size) == patch_scores.shape[1:]:
+            return patch_scores.copy()
+        maps = np.empty((len(patch_scores),) + tuple(input_size), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(patch_scores), 64):
+                grid = torch.as_tensor(patch_scores[start : start + 64], device=self.device_)
+                up = F.interpolate(grid[:, None], size=tuple(input_size), mode="bilinear", align_corners=True)
+                maps[start : start + len(grid)] = up[:, 0].cpu().numpy()
+        return maps
+
+    def _salient_features(self, X):
+        """MuSc-V2's anomaly-salient feature: each image's vector at its top patch.
+
+        Taken from the second-to-last layer (the last when there is one) at
+        its smallest degree.
+        """
+        layers = sorted({layer for layer, _ in X.set_index})
+        layer = layers[-2] if len(layers) > 1 else layers[-1]
+        s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
+        n = X.n_images
+        top = self.patch_scores_.reshape(n, -1).argmax(axis=1)
+        h, w = X.grid_size
+        vectors = X.features[np.arange(n), s, top // w, top % w].astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+    def fit_transform(self, X, y=None):
+        """Fit on the batch and return its :class:`ImageScores` (for RsCIN).
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            The batch.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        scores : ImageScores
+            Image scores, image embeddings and salient features of the batch.
+        """
+        return self.fit(X)._output
+
+    def transform(self, X):
+        """Return the :class:`ImageScores` of the fitted batch.
+
+        The detector is transductive: it can only transform the batch it was
+        fitted on (what a :class:`~sklearn.pipeline.Pipeline` passes again);
+        a different batch must be scored with ``fit_transform``.
+        """
+        check_is_fitted(self, "anomaly_scores_")
+        X = as_feature_sets(X)
+        if _fingerprint(X.features) != self._fingerprint:
+            raise ValueError(
+                "MutualScoringDetector scores the batch it is fitted on; "
+                "call fit_transform (or fit_predict) on a new batch"
+            )
+        return self._output
+
+    def fit_predict(self, X, y=None):
+        """Fit on the batch and return its labels (1 normal, -1 anomalous).
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            The batch.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+        """
+        return self.fit(X).labels_

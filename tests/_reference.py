@@ -1,0 +1,123 @@
+"""Slow, obviously correct float64 references written straight from SPEC.md.
+
+Loops and explicit formulas only; nothing here is meant to be fast.
+"""
+
+import math
+
+import numpy as np
+
+
+def lnamd(tokens, r_list):
+    """SPEC 2: (N, n_layers, h, w, C) -> (N, n_layers * len(r_list), h, w, C)."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    n, n_layers, h, w, c = tokens.shape
+    out = np.zeros((n, n_layers * len(r_list), h, w, c))
+    for i in range(n):
+        for layer in range(n_layers):
+            x = tokens[i, layer]
+            x = (x - x.mean()) / math.sqrt(x.var() + 1e-5)  # one mean/var over (h, w, C)
+            for ri, r in enumerate(r_list):
+                half = r // 2
+                for y in range(h):
+                    for xx in range(w):
+                        acc = np.zeros(c)
+                        for dy in range(-half, half + 1):
+                            for dx in range(-half, half + 1):
+                                yy, xc = y + dy, xx + dx
+                                if 0 <= yy < h and 0 <= xc < w:
+                                    acc += x[yy, xc]
+                        acc /= r * r  # zero padding counted in the mean
+                        out[i, layer * len(r_list) + ri, y, xx] = acc / np.linalg.norm(acc)
+    return out
+
+
+def snamd(tokens, r_list):
+    """SPEC 2, MuSc-V2 variant: (N, n_layers, h, w, C) -> (N, n_layers, h, w, C)."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    n, n_layers, h, w, c = tokens.shape
+    out = np.zeros((n, n_layers, h, w, c))
+    for i in range(n):
+        for layer in range(n_layers):
+            x = tokens[i, layer]
+            for y in range(h):
+                for xx in range(w):
+                    per_r = []
+                    for r in r_list:
+                        half = r // 2
+                        acc, wsum = np.zeros(c), 0.0
+                        for dy in range(-half, half + 1):
+                            for dx in range(-half, half + 1):
+                                yy, xc = y + dy, xx + dx
+                                if 0 <= yy < h and 0 <= xc < w:
+                                    wgt = math.exp(-np.linalg.norm(x[yy, xc] - x[y, xx]))
+                                    acc += wgt * x[yy, xc]
+                                    wsum += wgt
+                        per_r.append(acc / wsum)
+                    v = np.mean(per_r, axis=0)
+                    out[i, layer, y, xx] = v / np.linalg.norm(v)
+    return out
+
+
+def msm_one_set(Z, topmin_min=0.0, topmin_max=0.3):
+    """SPEC 3 for one feature set Z (N, L, C): interval averages (N, L)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    n, L, _ = Z.shape
+    k_max = max(1, math.floor((n - 1) * topmin_max))
+    k_min = math.floor((n - 1) * topmin_min)
+    out = np.zeros((n, L))
+    for i in range(n):
+        s = []
+        for j in range(n):
+            if j == i:
+                continue
+            diff = Z[i][:, None, :] - Z[j][None, :, :]  # (L, L, C)
+            s.append(np.sqrt((diff**2).sum(-1)).min(axis=1))
+        s = np.sort(np.array(s), axis=0)  # (N-1, L) ascending over j
+        out[i] = s[k_min:k_max].mean(axis=0)
+    return out
+
+
+def bilinear_align_corners(grid, size):
+    """Bilinear upsampling of a (h, w) grid to (H, W) with align_corners=True."""
+    grid = np.asarray(grid, dtype=np.float64)
+    h, w = grid.shape
+    H, W = size
+    out = np.zeros((H, W))
+    for Y in range(H):
+        y = Y * (h - 1) / (H - 1) if H > 1 else 0.0
+        y0 = min(int(math.floor(y)), h - 1)
+        y1 = min(y0 + 1, h - 1)
+        fy = y - y0
+        for X in range(W):
+            x = X * (w - 1) / (W - 1) if W > 1 else 0.0
+            x0 = min(int(math.floor(x)), w - 1)
+            x1 = min(x0 + 1, w - 1)
+            fx = x - x0
+            out[Y, X] = (
+                (1 - fy) * (1 - fx) * grid[y0, x0]
+                + (1 - fy) * fx * grid[y0, x1]
+                + fy * (1 - fx) * grid[y1, x0]
+                + fy * fx * grid[y1, x1]
+            )
+    return out
+
+
+def rscin(scores, embeddings, k_list):
+    """SPEC 4 with loops; similarities clipped at zero as the library documents."""
+    c = np.asarray(scores, dtype=np.float64)
+    E = np.asarray(embeddings, dtype=np.float64)
+    n = len(c)
+    span = c.max() - c.min()
+    c = (c - c.min()) / span if span > 0 else np.zeros(n)
+    E = E / np.linalg.norm(E, axis=1, keepdims=True)
+    out = np.zeros(n)
+    for k in k_list:
+        k = min(k, n)
+        for i in range(n):
+            sims = [max(0.0, float(E[i] @ E[j])) if j != i else 1.0 for j in range(n)]
+            others = sorted((j for j in range(n) if j != i), key=lambda j: -sims[j])
+            keep = [i] + others[: k - 1]
+            total = sum(sims[j] for j in keep)
+            out[i] += sum(sims[j] * c[j] for j in keep) / total
+    return out / len(k_list)

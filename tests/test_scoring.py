@@ -1,0 +1,216 @@
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+
+import _reference as ref
+from conftest import make_tokens
+from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, scoring
+
+
+def features_of(tokens, r_list=(1, 3, 5)):
+    return LNAMDTransformer(r_list=r_list, device="cpu").fit_transform(tokens)
+
+
+def reference_set_scores(feats, topmin_min=0.0, topmin_max=0.3):
+    n, n_sets, h, w, c = feats.shape
+    return np.stack(
+        [ref.msm_one_set(feats[:, s].reshape(n, h * w, c), topmin_min, topmin_max).reshape(n, h, w)
+         for s in range(n_sets)],
+        axis=1,
+    )
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 9, 14])
+def test_msm_matches_float64_reference(rng, n):
+    feats = features_of(make_tokens(rng, n=n, h=4, w=5, dim=24))
+    det = MutualScoringDetector(device="cpu").fit(feats)
+    expected_sets = reference_set_scores(feats.features)
+    assert det.set_patch_scores_.shape == expected_sets.shape
+    assert np.abs(det.set_patch_scores_ - expected_sets).max() < 1e-5
+    assert np.abs(det.patch_scores_ - expected_sets.mean(axis=1)).max() < 1e-5
+    # raw arrays: the image score is the maximum patch score
+    np.testing.assert_allclose(det.anomaly_scores_, det.patch_scores_.reshape(n, -1).max(1))
+    assert np.isfinite(det.anomaly_scores_).all()
+
+
+@pytest.mark.parametrize("topmin", [(0.0, 1.0), (0.2, 0.6), (0.5, 0.9)])
+def test_interval_bounds_follow_the_spec(rng, topmin):
+    feats = features_of(make_tokens(rng, n=11, h=3, w=3, dim=8), r_list=(1,))
+    det = MutualScoringDetector(topmin_min=topmin[0], topmin_max=topmin[1], device="cpu").fit(feats)
+    expected = reference_set_scores(feats.features, *topmin)
+    assert np.abs(det.set_patch_scores_ - expected).max() < 1e-5
+
+
+def test_blocked_products_match_one_product(rng, monkeypatch):
+    """Many small blocks (ragged last block, off-diagonal and diagonal pairs)."""
+    feats = features_of(make_tokens(rng, n=11, h=4, w=4, dim=16), r_list=(1, 3))
+    whole = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
+    # 3 images per block: blocks of 3, 3, 3, 2
+    monkeypatch.setattr(scoring, "_CPU_BLOCK_BYTES", (3 * 16) ** 2 * 4)
+    blocked = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
+    assert np.abs(blocked - whole).max() < 1e-6
+    assert np.abs(blocked - reference_set_scores(feats.features)).max() < 1e-5
+
+
+def test_maps_upsampled_to_the_input_size(rng):
+    feats = features_of(make_tokens(rng, n=4, h=3, w=4, dim=8), r_list=(1,))
+    feats.input_size = (9, 13)
+    det = MutualScoringDetector(device="cpu").fit(feats)
+    assert det.anomaly_maps_.shape == (4, 9, 13)
+    for i in range(4):
+        expected = ref.bilinear_align_corners(det.patch_scores_[i], (9, 13))
+        assert np.abs(det.anomaly_maps_[i] - expected).max() < 1e-5
+        assert det.anomaly_scores_[i] == pytest.approx(expected.max(), abs=1e-5)
+
+
+def test_planted_defect_is_found(rng):
+    tokens = make_tokens(rng, n=10, n_layers=2, h=8, w=8, dim=32, spread=0.6)
+    tokens[6, :, 2:4, 5:7] += 3.0 * rng.normal(size=(2, 1, 1, 32)).astype(np.float32)
+    det = MutualScoringDetector(device="cpu")
+    labels = Pipeline([("lnamd", LNAMDTransformer(device="cpu")), ("msm", det)]).fit_predict(tokens)
+    assert det.anomaly_scores_.argmax() == 6
+    assert labels[6] == -1 and (labels == -1).sum() == 1
+    top4 = np.argsort(det.patch_scores_[6].ravel())[-4:]
+    assert sorted(top4) == sorted(np.ravel_multi_index(([2, 2, 3, 3], [5, 6, 5, 6]), (8, 8)))
+
+
+def test_permuting_the_batch_permutes_the_outputs(rng):
+    feats = features_of(make_tokens(rng, n=9, h=4, w=4, dim=16))
+    feats.input_size = (8, 8)
+    feats.embeddings = rng.normal(size=(9, 5))
+    perm = rng.permutation(9)
+    a = MutualScoringDetector(device="cpu", contamination=0.2).fit(feats)
+    b = MutualScoringDetector(device="cpu", contamination=0.2).fit(feats.take(perm))
+    for name in ("set_patch_scores_", "patch_scores_", "anomaly_maps_", "anomaly_scores_", "labels_"):
+        assert np.abs(getattr(b, name) - getattr(a, name)[perm]).max() < 1e-6, name
+    out_a, out_b = a.fit_transform(feats), b.fit_transform(feats.take(perm))
+    np.testing.assert_allclose(out_b.salient_features, out_a.salient_features[perm], atol=1e-6)
+    np.testing.assert_array_equal(out_b.embeddings, out_a.embeddings[perm])
+
+
+def test_small_batches_and_a_single_image(rng):
+    for n in (2, 3, 4):
+        det = MutualScoringDetector(device="cpu").fit(features_of(make_tokens(rng, n=n)))
+        assert np.isfinite(det.anomaly_scores_).all() and np.isfinite(det.patch_scores_).all()
+    with pytest.raises(ValueError, match="at least 2 images"):
+        MutualScoringDetector(device="cpu").fit(features_of(make_tokens(rng, n=1)))
+
+
+def test_contamination_float_and_auto(rng):
+    feats = features_of(make_tokens(rng, n=20, h=4, w=4))
+    det = MutualScoringDetector(device="cpu", contamination=0.1).fit(feats)
+    assert (det.labels_ == -1).sum() == 2
+    np.testing.assert_array_equal(det.labels_ == -1, det.anomaly_scores_ > det.threshold_)
+    det.set_params(contamination="auto").fit(feats)
+    s = det.anomaly_scores_.astype(np.float64)
+    med = np.median(s)
+    assert det.threshold_ == pytest.approx(med + 3 * 1.4826 * np.median(np.abs(s - med)))
+    np.testing.assert_array_equal(det.labels_ == -1, s > det.threshold_)
+
+
+def test_subsets_score_each_part_alone(rng):
+    feats = features_of(make_tokens(rng, n=11, h=3, w=3, dim=8), r_list=(1,))
+    det = MutualScoringDetector(device="cpu", n_subsets=3, random_state=0).fit(feats)
+    assert sorted(np.concatenate(det.subsets_)) == list(range(11))
+    assert sorted(len(s) for s in det.subsets_) == [3, 4, 4]
+    for idx in det.subsets_:
+        alone = MutualScoringDetector(device="cpu").fit(feats.take(idx))
+        np.testing.assert_allclose(det.patch_scores_[idx], alone.patch_scores_, atol=1e-6)
+    again = MutualScoringDetector(device="cpu", n_subsets=3, random_state=0).fit(feats)
+    np.testing.assert_array_equal(again.anomaly_scores_, det.anomaly_scores_)
+    sized = MutualScoringDetector(device="cpu", max_subset_size=4, random_state=0).fit(feats)
+    assert len(sized.subsets_) == 3 and max(len(s) for s in sized.subsets_) <= 4
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_subsets_in_parallel_with_joblib(rng, backend):
+    feats = features_of(make_tokens(rng, n=12, h=3, w=3, dim=8), r_list=(1,))
+    serial = MutualScoringDetector(device="cpu", n_subsets=3, random_state=1).fit(feats)
+    with joblib.parallel_config(backend=backend):
+        par = MutualScoringDetector(device="cpu", n_subsets=3, random_state=1, n_jobs=2).fit(feats)
+    np.testing.assert_array_equal(par.patch_scores_, serial.patch_scores_)
+
+
+def test_salient_feature_is_the_top_patch_of_the_second_to_last_layer(rng):
+    tokens = make_tokens(rng, n=5, n_layers=3, h=4, w=4, dim=8)
+    feats = features_of(tokens, r_list=(1, 3))
+    out = MutualScoringDetector(device="cpu").fit_transform(feats)
+    det = MutualScoringDetector(device="cpu").fit(feats)
+    assert isinstance(out, ImageScores) and out.embeddings is None
+    s = feats.set_index.index((1, 1))
+    for i in range(5):
+        y, x = np.unravel_index(det.patch_scores_[i].argmax(), (4, 4))
+        np.testing.assert_allclose(out.salient_features[i], feats.features[i, s, y, x], atol=1e-6)
+
+
+def test_sklearn_contract_and_transform(rng):
+    det = MutualScoringDetector(topmin_max=0.5)
+    assert clone(det).get_params()["topmin_max"] == 0.5
+    with pytest.raises(NotFittedError):
+        det.transform(np.zeros((3, 1, 2, 2, 4)))
+    feats = features_of(make_tokens(rng, n=5))
+    det.set_params(device="cpu").fit(feats)
+    assert det.transform(feats).scores is det.anomaly_scores_
+    with pytest.raises(ValueError, match="fit_transform"):
+        det.transform(features_of(make_tokens(rng, n=5)))
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(restored.anomaly_scores_, det.anomaly_scores_)
+    assert restored.transform(feats).scores.shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"topmin_max": 0.0}, "topmin"),
+        ({"topmin_min": 0.5, "topmin_max": 0.3}, "topmin"),
+        ({"contamination": 0.7}, "contamination"),
+        ({"contamination": "none"}, "contamination"),
+        ({"n_subsets": 0}, "n_subsets"),
+        ({"n_subsets": 3}, "subsets of 2 images"),
+        ({"max_subset_size": 1}, "max_subset_size"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_parameters_are_named(rng, params, match):
+    with pytest.raises(ValueError, match=match):
+        MutualScoringDetector(device="cpu").set_params(**params).fit(features_of(make_tokens(rng, n=5)))
+
+
+def test_bad_inputs(rng):
+    det = MutualScoringDetector(device="cpu")
+    bad = features_of(make_tokens(rng, n=4)).features.copy()
+    bad[2, 0, 1, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        det.fit(bad)
+    with pytest.raises(ValueError, match="shape"):
+        det.fit(np.zeros((3, 4, 4)))
+    with pytest.raises(TypeError, match="LNAMDTransformer"):
+        from sklearn_musc import PatchTokens
+        det.fit(PatchTokens(tokens=make_tokens(rng)))
+
+
+def test_raw_unnormalised_features_are_normalised(rng):
+    feats = features_of(make_tokens(rng, n=6, h=3, w=3, dim=8), r_list=(1,)).features
+    a = MutualScoringDetector(device="cpu").fit(feats).patch_scores_
+    b = MutualScoringDetector(device="cpu").fit(feats * 3.5).patch_scores_
+    assert np.abs(a - b).max() < 1e-6
+    assert isinstance(features_of(make_tokens(rng, n=2)), FeatureSets)
+
+
+def test_pipeline_memory_caches_the_features(rng, tmp_path):
+    tokens = make_tokens(rng, n=6)
+    pipe = Pipeline(
+        [("lnamd", LNAMDTransformer(device="cpu")), ("msm", MutualScoringDetector(device="cpu"))],
+        memory=str(tmp_path),
+    )
+    first = pipe.fit_predict(tokens)
+    scores = pipe["msm"].anomaly_scores_.copy()
+    second = clone(pipe).fit_predict(tokens)
+    np.testing.assert_array_equal(first, second)
+    assert any(tmp_path.rglob("output.pkl"))
+    np.testing.assert_array_equal(scores, pipe["msm"].anomaly_scores_)
