@@ -2,72 +2,23 @@
 
 For unit vectors ``||x - y||^2 = 2 - 2 x.y``, so the nearest patch of image j
 to a patch of image i is the one with the largest dot product. One matrix
-product per pair of image blocks gives the dot products of all their patch
-pairs; its row maxima serve the pair (i, j) and its column maxima the pair
-(j, i), so each unordered pair of images costs one product.
+product per pair of image tiles gives the dot products of all their patch
+pairs; its row maxima serve the pairs (i, j) and its column maxima the pairs
+(j, i), so each unordered pair of images is multiplied exactly once.
 """
 
+import contextlib
 import math
+import os
 
 import torch
 
-# Bytes of one float32.
 _F32 = 4
+PRECISIONS = ("float32", "tf32", "bfloat16")
 
-
-def block_images(n_patches, block_bytes):
-    """Images per block so that one block-pair product fits ``block_bytes``."""
-    return max(1, int(math.sqrt(block_bytes / _F32)) // n_patches)
-
-
-def max_similarity_table(Z, block):
-    """Table of best matches between every ordered pair of images.
-
-    Parameters
-    ----------
-    Z : tensor of shape (N, L, C)
-        Unit-norm patch features of one feature set.
-    block : int
-        Images per block; a product covers ``block * L`` rows by ``block * L``
-        columns.
-
-    Returns
-    -------
-    table : tensor of shape (N, N, L)
-        ``table[i, j, p] = max_q Z[i, p] . Z[j, q]``, and ``-inf`` for ``i == j``.
-    """
-    n, L, C = Z.shape
-    table = torch.empty((n, n, L), dtype=Z.dtype, device=Z.device)
-    flat = Z.reshape(n * L, C)
-    for a0 in range(0, n, block):
-        a1 = min(n, a0 + block)
-        rows = flat[a0 * L : a1 * L]
-        for b0 in range(a0, n, block):
-            b1 = min(n, b0 + block)
-            prod = (rows @ flat[b0 * L : b1 * L].T).view(a1 - a0, L, b1 - b0, L)
-            # rows of a: best match in each image of b
-            table[a0:a1, b0:b1] = prod.amax(dim=3).transpose(1, 2)
-            if b0 != a0:
-                # patches of b: best match in each image of a, from the same product
-                table[b0:b1, a0:a1] = prod.amax(dim=1).transpose(0, 1)
-    idx = torch.arange(n, device=Z.device)
-    table[idx, idx] = -math.inf
-    return table
-
-
-def interval_average(table, k_min, k_max):
-    """Mean of the distances of rank ``[k_min, k_max)`` over the other images.
-
-    ``table`` holds dot products (larger = closer) with ``-inf`` on the
-    diagonal, so the ``k_max`` best matches never include the image itself as
-    long as ``k_max <= N - 1``. Only those ``k_max`` values are selected
-    (``topk``), not a full sort.
-
-    Returns a tensor of shape (N, L).
-    """
-    best = torch.topk(table, k_max, dim=1, largest=True, sorted=True).values[:, k_min:k_max]
-    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0))
-    return dist.mean(dim=1)
+# Largest product tile: big enough for the matrix multiply to run at full
+# speed, small enough to stay in the CPU's caches / leave GPU memory free.
+_TILE_BYTES = {"cpu": 64 * 2**20, "cuda": 2 * 2**30}
 
 
 def interval_bounds(n_images, topmin_min, topmin_max):
@@ -76,3 +27,137 @@ def interval_bounds(n_images, topmin_min, topmin_max):
     k_max = max(1, int(math.floor(others * topmin_max)))
     k_min = min(int(math.floor(others * topmin_min)), k_max - 1)
     return k_min, k_max
+
+
+def default_memory_budget(device):
+    """Half of the device's free memory (of the available RAM on the CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return 4 * 2**30
+
+
+class Plan:
+    """How one feature set of ``n`` images is scored within a memory budget.
+
+    The working set, in float32 values, is
+    ``n*n*L`` (the table of best matches, the only term growing faster than
+    ``n``) + ``3*n*k_max*L`` (the ``k_max`` best matches and their indices)
+    + the features (``n*L*C`` when they fit, else two tiles ``2*b*L*C``
+    streamed from the host) + one product tile ``(b*L)**2``.
+    """
+
+    def __init__(self, n, L, C, k_max, device, budget):
+        fixed = _F32 * (n * n * L + 3 * n * k_max * L)
+        if fixed > budget:
+            per_image = _F32 * (n * L + 3 * k_max * L)
+            fit = max(2, int(budget // per_image))
+            raise MemoryError(
+                f"scoring {n} images of {L} patches needs {fixed / 2**30:.2f} GiB for the "
+                f"table of per-image minima, over the memory budget of {budget / 2**30:.2f} GiB: "
+                f"score the batch in subsets (max_subset_size={fit} or n_subsets="
+                f"{math.ceil(n / fit)}) or raise memory_budget"
+            )
+        left = budget - fixed
+        features = _F32 * n * L * C
+        self.resident = features <= left // 2
+        left -= features if self.resident else 0
+        tile = min(_TILE_BYTES[device.type], left)
+        # b images per tile: (b*L)**2 products (+ two streamed tiles of features)
+        b = int(math.sqrt(tile / _F32)) // L
+        while b > 1 and _F32 * ((b * L) ** 2 + (0 if self.resident else 2 * b * L * C)) > left:
+            b -= 1
+        self.block = max(1, min(b, n))
+        self.device = device
+        self.bytes = fixed + (features if self.resident else 0) + _F32 * (self.block * L) ** 2
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision, device):
+    """TF32 products for this block of code only (CUDA's global switch)."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def max_similarity_table(Z, plan, precision="float32"):
+    """Best matches between every ordered pair of images of one feature set.
+
+    Parameters
+    ----------
+    Z : tensor of shape (N, L, C)
+        Unit-norm patch features, on the host or on ``plan.device``.
+    plan : Plan
+        Device, tile size and whether the features are moved at once.
+    precision : {"float32", "tf32", "bfloat16"}
+        Inputs of the products; sums and maxima are float32 in every case.
+
+    Returns
+    -------
+    table : tensor of shape (N, N, L) on ``plan.device``
+        ``table[i, j, p] = max_q Z[i, p] . Z[j, q]``, and ``-inf`` for ``i == j``.
+    """
+    n, L, C = Z.shape
+    device = plan.device
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    flat = Z.reshape(n * L, C)
+    if plan.resident:
+        flat = flat.to(device, dtype)
+    table = torch.empty((n, n, L), dtype=torch.float32, device=device)
+
+    def load(i0, i1):
+        return flat[i0 * L : i1 * L].to(device, dtype, non_blocking=True)
+
+    def product(a, b):
+        if dtype == torch.bfloat16:
+            return torch.mm(a, b.T, out_dtype=torch.float32)
+        return a @ b.T
+
+    def pair(a0, a1, b0, b1):
+        # all images of [a0, a1) against all of [b0, b1), tile by tile
+        for t0 in range(a0, a1, plan.block):
+            t1 = min(a1, t0 + plan.block)
+            rows = load(t0, t1)
+            for u0 in range(b0, b1, plan.block):
+                u1 = min(b1, u0 + plan.block)
+                prod = product(rows, load(u0, u1)).view(t1 - t0, L, u1 - u0, L)
+                table[t0:t1, u0:u1] = prod.amax(dim=3).transpose(1, 2)
+                table[u0:u1, t0:t1] = prod.amax(dim=1).transpose(0, 1)
+
+    def triangle(a0, a1):
+        # each unordered pair once: the two halves against each other, then
+        # each half on its own (no wasted diagonal products)
+        if a1 - a0 < 2:
+            return
+        mid = (a0 + a1) // 2
+        pair(a0, mid, mid, a1)
+        triangle(a0, mid)
+        triangle(mid, a1)
+
+    with _matmul_precision(precision, device):
+        triangle(0, n)
+    idx = torch.arange(n, device=device)
+    table[idx, idx] = -math.inf
+    return table
+
+
+def interval_average(table, k_min, k_max):
+    """Mean of the distances of rank ``[k_min, k_max)`` over the other images.
+
+    ``table`` holds dot products (larger = closer) with ``-inf`` on the
+    diagonal, so the ``k_max <= N - 1`` best matches never include the image
+    itself. Only those ``k_max`` values are selected (``topk``), not a full
+    sort. Returns a tensor of shape (N, L).
+    """
+    best = torch.topk(table, k_max, dim=1, largest=True, sorted=True).values[:, k_min:k_max]
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0))
+    return dist.mean(dim=1)

@@ -20,25 +20,23 @@ from ._validation import as_feature_sets, check_contamination, check_finite
 
 __all__ = ["MutualScoringDetector"]
 
-# Default size of one block-pair product on the CPU; large enough for the
-# matrix multiply to run at full speed, small enough to stay in memory easily.
-_CPU_BLOCK_BYTES = 256 * 2**20
-
-
-def _score_batch(features, set_ids, k_bounds, device, block_bytes):
+def _score_batch(features, set_ids, k_bounds, device, budget, precision):
     """Per-set patch scores of one (sub)batch: (n, n_sets, h, w) float32 array."""
     n, _, h, w, dim = features.shape
     L = h * w
-    block = _msm.block_images(L, block_bytes)
+    plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget)
     out = np.empty((n, len(set_ids), h, w), dtype=np.float32)
     with torch.inference_mode():
         for s in set_ids:
-            Z = torch.as_tensor(features[:, s]).to(device, torch.float32).reshape(n, L, dim)
+            Z = torch.as_tensor(features[:, s]).reshape(n, L, dim)
+            # Normalise where the set will live (idempotent for LNAMD output,
+            # makes raw arrays safe for 2 - 2 x.y).
+            Z = Z.to(device if plan.resident else "cpu", torch.float32)
             check_finite(Z, "features")
-            # Idempotent for LNAMD output; makes raw arrays safe for 2 - 2 x.y.
             Z = F.normalize(Z, dim=-1)
-            table = _msm.max_similarity_table(Z, block)
+            table = _msm.max_similarity_table(Z, plan, precision)
             out[:, s] = _msm.interval_average(table, *k_bounds).reshape(n, h, w).cpu().numpy()
+            del table
     return out
 
 
@@ -92,6 +90,23 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Dask, Ray) is used.
     device : str, default="auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:<i>".
+    memory_budget : int or None, default=None
+        Bytes the scoring of one subset may use on the device (host RAM for
+        the CPU); ``None`` means half of the free device memory (available
+        RAM). For ``n`` images of ``L`` patches of width ``C``, with
+        ``k = floor((n-1) topmin_max)``, one feature set at a time takes
+        ``4 * (n*n*L + 3*n*k*L)`` bytes for the table of per-image best
+        matches and its top ``k``, plus the features (``4*n*L*C``; streamed
+        from the host in tiles when they do not fit) and one product tile of
+        at most 64 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
+        is refused with a ``MemoryError`` that proposes a subset size. With
+        ``n_jobs > 1``, each concurrently scored subset has this budget.
+    precision : {"float32", "tf32", "bfloat16"}, default="float32"
+        Inputs of the matrix products. "float32" is exact (to float32
+        rounding). On CUDA, "tf32" (10-bit mantissa) and "bfloat16" (8-bit
+        mantissa) inputs run on tensor cores several times faster; sums,
+        maxima and distances stay float32. Their effect is measured in
+        ``benchmarks/RESULTS.md``.
 
     Attributes
     ----------
@@ -142,6 +157,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         random_state=None,
         n_jobs=None,
         device="auto",
+        memory_budget=None,
+        precision="float32",
     ):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
@@ -151,6 +168,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.device = device
+        self.memory_budget = memory_budget
+        self.precision = precision
 
     def _check_params(self):
         if not 0.0 <= self.topmin_min < self.topmin_max <= 1.0:
@@ -165,6 +184,12 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             not isinstance(self.max_subset_size, numbers.Integral) or self.max_subset_size < 2
         ):
             raise ValueError(f"max_subset_size must be None or an int >= 2, got {self.max_subset_size!r}")
+        if self.precision not in _msm.PRECISIONS:
+            raise ValueError(f"precision must be one of {_msm.PRECISIONS}, got {self.precision!r}")
+        if self.memory_budget is not None and (
+            not isinstance(self.memory_budget, numbers.Integral) or self.memory_budget <= 0
+        ):
+            raise ValueError(f"memory_budget must be None or a positive int (bytes), got {self.memory_budget!r}")
 
     def _split(self, n):
         n_subsets = self.n_subsets
@@ -203,7 +228,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 "an image alone has nothing to be compared with"
             )
         self.device_ = resolve_device(self.device)
-        block_bytes = _CPU_BLOCK_BYTES
+        if self.precision != "float32" and self.device_.type != "cuda":
+            raise ValueError(f"precision={self.precision!r} needs a CUDA device; the CPU computes in float32")
+        budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n)
         set_ids = range(X.features.shape[1])
         jobs = (
@@ -212,7 +239,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 set_ids,
                 _msm.interval_bounds(len(idx), self.topmin_min, self.topmin_max),
                 self.device_,
-                block_bytes,
+                budget,
+                self.precision,
             )
             for idx in self.subsets_
         )

@@ -9,7 +9,8 @@ from sklearn.pipeline import Pipeline
 
 import _reference as ref
 from conftest import make_tokens
-from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, scoring
+import torch
+from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, _msm
 
 
 def features_of(tokens, r_list=(1, 3, 5)):
@@ -46,15 +47,37 @@ def test_interval_bounds_follow_the_spec(rng, topmin):
     assert np.abs(det.set_patch_scores_ - expected).max() < 1e-5
 
 
-def test_blocked_products_match_one_product(rng, monkeypatch):
-    """Many small blocks (ragged last block, off-diagonal and diagonal pairs)."""
+@pytest.mark.parametrize("block", [1, 3, 4])
+def test_tiled_products_match_one_product(rng, monkeypatch, block):
+    """Small tiles: ragged tiles, triangle recursion below and above the tile size."""
     feats = features_of(make_tokens(rng, n=11, h=4, w=4, dim=16), r_list=(1, 3))
     whole = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
-    # 3 images per block: blocks of 3, 3, 3, 2
-    monkeypatch.setattr(scoring, "_CPU_BLOCK_BYTES", (3 * 16) ** 2 * 4)
-    blocked = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
-    assert np.abs(blocked - whole).max() < 1e-6
-    assert np.abs(blocked - reference_set_scores(feats.features)).max() < 1e-5
+    monkeypatch.setitem(_msm._TILE_BYTES, "cpu", (block * 16) ** 2 * 4)
+    tiled = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
+    assert np.abs(tiled - whole).max() < 1e-6
+    assert np.abs(tiled - reference_set_scores(feats.features)).max() < 1e-5
+
+
+def test_streaming_from_the_host_within_a_budget(rng):
+    n, L, C = 12, 16, 16
+    feats = features_of(make_tokens(rng, n=n, h=4, w=4, dim=C), r_list=(1,))
+    k_max = _msm.interval_bounds(n, 0.0, 0.3)[1]
+    table = 4 * (n * n * L + 3 * n * k_max * L)
+    budget = table + 4 * (3 * 16) ** 2 + 4 * 2 * 3 * L * C  # room for tiles of 3, not for the set
+    plan = _msm.Plan(n, L, C, k_max, torch.device("cpu"), budget)
+    assert not plan.resident and plan.block == 3 and plan.bytes <= budget
+    streamed = MutualScoringDetector(device="cpu", memory_budget=budget).fit(feats).patch_scores_
+    expected = reference_set_scores(feats.features).mean(axis=1)
+    assert np.abs(streamed - expected).max() < 1e-5
+    assert _msm.Plan(n, L, C, k_max, torch.device("cpu"), 10 * budget).resident
+
+
+def test_a_batch_over_the_budget_is_refused_with_advice(rng):
+    feats = features_of(make_tokens(rng, n=12, h=4, w=4, dim=8), r_list=(1,))
+    with pytest.raises(MemoryError, match=r"max_subset_size=\d+"):
+        MutualScoringDetector(device="cpu", memory_budget=10_000).fit(feats)
+    fits = MutualScoringDetector(device="cpu", memory_budget=10_000, max_subset_size=4).fit(feats)
+    assert np.isfinite(fits.anomaly_scores_).all()
 
 
 def test_maps_upsampled_to_the_input_size(rng):
@@ -174,6 +197,9 @@ def test_sklearn_contract_and_transform(rng):
         ({"n_subsets": 3}, "subsets of 2 images"),
         ({"max_subset_size": 1}, "max_subset_size"),
         ({"device": "tpu"}, "device"),
+        ({"precision": "float16"}, "precision"),
+        ({"precision": "bfloat16"}, "needs a CUDA device"),
+        ({"memory_budget": -1}, "memory_budget"),
     ],
 )
 def test_bad_parameters_are_named(rng, params, match):
