@@ -9,6 +9,7 @@ neighbours (:class:`RsCINRescorer`).
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
+from .features import ViTPatchTransformer, maps_to_original
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 
@@ -21,4 +22,6 @@ __all__ = [
     "MutualScoringDetector",
     "PatchTokens",
     "RsCINRescorer",
+    "ViTPatchTransformer",
+    "maps_to_original",
 ]

@@ -1,0 +1,112 @@
+"""Mutual scoring: this library against the reference's structure, in one run.
+
+The baseline follows the authors' code: for each image, ``torch.cdist``
+against all other images stacked, the row minima per other image, a full sort
+and the interval average. Both are run on the same unit-norm features of one
+feature set; the script checks they agree (max abs diff <= 1e-5), measures
+the machine's float32 matrix-multiply rate on a product of the kernel's shape,
+and prints times, the speed-up and GFLOP/s, counting the work that is needed:
+N(N-1)/2 image pairs x L^2 x C multiply-adds.
+
+    python benchmarks/bench_msm.py                      # N=64, L=196, C=768 on the CPU
+    python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda
+"""
+
+import argparse
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+from sklearn_musc import MutualScoringDetector, _msm
+from sklearn_musc._device import resolve_device
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device, repeat):
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def matmul_rate(rows, dim, device, repeat):
+    """float32 GFLOP/s of a (rows x dim) @ (dim x rows) product."""
+    a = torch.randn(rows, dim, device=device)
+    b = torch.randn(rows, dim, device=device)
+    a @ b.T  # warm-up
+    seconds, _ = best_time(lambda: a @ b.T, device, repeat)
+    return 2.0 * rows * rows * dim / seconds / 1e9
+
+
+def baseline(Z, k_min, k_max):
+    """The reference's structure: every ordered pair, cdist, full sort."""
+    n, L, C = Z.shape
+    out = torch.empty(n, L, device=Z.device)
+    for i in range(n):
+        others = torch.cat([Z[:i], Z[i + 1 :]]).reshape(-1, C)
+        minima = torch.cdist(Z[i], others).reshape(L, n - 1, L).amin(dim=2)
+        out[i] = minima.sort(dim=1).values[:, k_min:k_max].mean(dim=1)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=64, help="images")
+    parser.add_argument("--patches", type=int, default=196, help="patches per image (a square grid)")
+    parser.add_argument("--dim", type=int, default=768, help="feature width")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="float32", choices=_msm.PRECISIONS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-baseline", action="store_true", help="only time this library")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    side = int(math.isqrt(args.patches))
+    if side * side != args.patches:
+        parser.error("--patches must be a square number")
+    n, L, C = args.n, args.patches, args.dim
+    gen = torch.Generator().manual_seed(0)
+    # features of a 'product': a shared pattern per position plus per-image noise
+    base = torch.randn(1, L, C, generator=gen)
+    Z = torch.nn.functional.normalize(base + 0.7 * torch.randn(n, L, C, generator=gen), dim=-1)
+    features = Z.reshape(n, 1, side, side, C).numpy()
+    k_min, k_max = _msm.interval_bounds(n, 0.0, 0.3)
+
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"size: N={n}, L={L}, C={C}, one feature set, precision {args.precision}")
+    block = _msm.Plan(n, L, C, k_max, device, _msm.default_memory_budget(device)).block
+    rate = matmul_rate(block * L, C, device, args.repeat)
+    print(f"float32 matmul rate ({block * L} x {C} x {block * L}): {rate:.1f} GFLOP/s")
+
+    det = MutualScoringDetector(device=str(device), precision=args.precision)
+    det.fit(features)  # warm-up
+    ours_s, det = best_time(lambda: det.fit(features), device, args.repeat)
+    gflop = n * (n - 1) / 2 * L * L * C * 2 / 1e9
+    print(f"sklearn-musc: {ours_s:.3f} s, {gflop / ours_s:.1f} GFLOP/s = "
+          f"{100 * gflop / ours_s / rate:.0f}% of the matmul rate ({gflop:.1f} GFLOP needed)")
+    if args.skip_baseline:
+        return
+    Zd = Z.to(device)
+    base_s, ref = best_time(lambda: baseline(Zd, k_min, k_max), device, max(1, args.repeat - 1))
+    diff = float(np.abs(ref.reshape(n, side, side).cpu().numpy() - det.patch_scores_).max())
+    print(f"reference structure (cdist per image): {base_s:.3f} s")
+    print(f"speed-up: {base_s / ours_s:.2f}x; max abs diff of the scores: {diff:.2e}")
+    if args.precision == "float32" and diff > 1e-5:
+        raise SystemExit(f"scores differ by {diff:.2e} > 1e-5")
+
+
+if __name__ == "__main__":
+    main()

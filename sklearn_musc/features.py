@@ -1,0 +1,469 @@
+"""ViT patch tokens of images (SPEC section 1): ``ViTPatchTransformer``."""
+
+from __future__ import annotations
+
+import numbers
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
+from ._batch import PatchTokens
+from ._device import resolve_device
+from ._images import as_image_list, load_image, preprocess, resize_crop_geometry
+
+__all__ = ["ViTPatchTransformer", "maps_to_original", "default_layers"]
+
+_PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TOKEN_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
+
+
+def default_layers(n_blocks):
+    """The last block of each of 4 equal stages (MuSc's layer choice).
+
+    Parameters
+    ----------
+    n_blocks : int
+        Number of transformer blocks.
+
+    Returns
+    -------
+    layers : tuple of int
+        0-based block indices; fewer than 4 when the model has fewer blocks.
+
+    Examples
+    --------
+    >>> default_layers(24), default_layers(12)
+    ((5, 11, 17, 23), (2, 5, 8, 11))
+    """
+    return tuple(sorted({-(-n_blocks * k // 4) - 1 for k in range(1, 5)}))
+
+
+def _check_size(size, name):
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_layers(layers, n_blocks):
+    if layers is None:
+        return default_layers(n_blocks)
+    if isinstance(layers, numbers.Integral):
+        layers = (layers,)
+    try:
+        layers = tuple(layers)
+    except TypeError:
+        raise ValueError(f"layers must be None or a sequence of ints, got {layers!r}") from None
+    if not layers:
+        raise ValueError("layers must not be empty")
+    out = []
+    for layer in layers:
+        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
+            raise ValueError(f"layers must hold ints, got {layers!r}")
+        if not -n_blocks <= layer < n_blocks:
+            raise ValueError(f"layer {layer} is out of range for a backbone with {n_blocks} blocks")
+        out.append(int(layer) % n_blocks)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers {layers!r} name the same block twice")
+    return tuple(out)
+
+
+class ViTPatchTransformer(TransformerMixin, BaseEstimator):
+    """Turn images into the patch tokens of a vision transformer.
+
+    Each image is resized (bicubic) so that it covers ``image_size``,
+    centre-cropped, normalised with the backbone's mean and std and passed
+    once through the ViT. The outputs of the selected blocks are kept, with
+    all prefix tokens (class token, registers) removed, together with a
+    unit-norm image embedding. CLIP tokens are the raw residual stream; timm
+    (DINO, DINOv2) tokens get the backbone's final norm, as in MuSc.
+
+    Parameters
+    ----------
+    backbone : str, default="open_clip:ViT-L-14-336"
+        ``"open_clip:NAME"`` (CLIP ViTs: ViT-B-32, ViT-B-16, ViT-B-16-plus-240,
+        ViT-L-14, ViT-L-14-336 and their ``-quickgelu`` variants) or
+        ``"timm:NAME"`` (ViTs, e.g. ``vit_base_patch14_dinov2.lvd142m``,
+        ``vit_base_patch16_224.dino``, ``vit_small_patch14_reg4_dinov2``). A
+        bare name is looked up in open_clip, then timm. The default with
+        plain GELU is the one that reproduced the paper's numbers.
+    pretrained : str, path, bool or None, default="openai"
+        Where the weights come from:
+
+        - a pretrained tag, downloaded once into the library's cache: an
+          open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``, ...) or a timm
+          tag (the part after the dot, e.g. ``"lvd142m"``);
+        - ``True`` or ``"default"``: the library's default weights (timm:
+          the tag in ``backbone`` or timm's default; open_clip: its first tag);
+        - a local file (``pathlib.Path``, or a str with a path separator or a
+          ``.safetensors/.pt/.pth/.bin/.ckpt`` suffix): a state dict of the
+          backbone (for open_clip the vision tower, with or without the
+          ``visual.`` prefix, or a whole CLIP checkpoint). Half-precision
+          files are fine; position embeddings are resized to ``image_size``;
+        - ``None``: random weights (for tests).
+    image_size : int or (int, int), default=518
+        Model input size S or (height, width) in pixels. Position embeddings
+        are resized to its patch grid. When it is not a multiple of the patch
+        size, the last ``S % patch`` rows/columns are not seen by the model.
+    layers : sequence of int or None, default=None
+        0-based indices of the blocks whose outputs are kept, in this order;
+        negative values count from the end. None takes the last block of each
+        of 4 equal stages (24 blocks: 5, 11, 17, 23; 12 blocks: 2, 5, 8, 11).
+    backbone_kwargs : dict or None, default=None
+        Architecture overrides: timm ``create_model`` arguments (e.g.
+        ``depth``, ``embed_dim``, ``num_heads``), or for open_clip entries of
+        the model's ``vision_cfg`` (e.g. ``width``, ``layers``, ``head_width``,
+        ``patch_size``) plus ``embed_dim`` and ``quick_gelu``.
+    device : str, default="auto"
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:<i>".
+    precision : {"float32", "float16", "bfloat16"}, default="float32"
+        Compute precision of the forward pass; the half precisions use CUDA
+        autocast (float32 weights, half-precision matrix products) and need a
+        CUDA device.
+    batch_size : int, default=8
+        Images per forward pass. Images are decoded batch by batch (the next
+        batch while the current one runs), never all at once.
+    token_dtype : {"float16", "float32"}, default="float16"
+        Storage type of the returned tokens (embeddings are always float32).
+    progress : bool, default=True
+        Show a progress bar over the forward batches (only when there is more
+        than one batch).
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+        The backbone (open_clip ``VisionTransformer`` or timm
+        ``VisionTransformer``), in eval mode on ``device_``. Not pickled: it is
+        rebuilt on first use after unpickling, from the tag or file (random
+        weights are kept in the pickle).
+    backbone_ : str
+        Resolved backbone, ``"family:name"``.
+    layers_ : tuple of int
+        0-based block indices of the returned layers.
+    n_blocks_ : int
+        Number of transformer blocks of the backbone.
+    input_size_ : (int, int)
+        Model input (height, width).
+    patch_size_ : (int, int)
+        Patch (height, width).
+    grid_size_ : (int, int)
+        Patch grid (grid_h, grid_w) of the tokens.
+    n_prefix_tokens_ : int
+        Prefix tokens dropped (1 class token + registers).
+    token_dim_ : int
+        Token width C.
+    embed_dim_ : int
+        Width of the image embedding.
+    mean_, std_ : ndarray of shape (3,)
+        Normalisation used in preprocessing.
+    device_ : torch.device
+        The device used.
+
+    See Also
+    --------
+    LNAMDTransformer : aggregates the tokens this transformer returns.
+    maps_to_original : puts maps at input size back on the original images.
+
+    Notes
+    -----
+    Inputs: paths (str or pathlib.Path), PIL images or numpy arrays of shape
+    (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (uint8, uint16, or float in
+    [0, 1]), in a list (sizes may differ), or one (N, H, W, C) array.
+    Grayscale is repeated to RGB, palettes expanded, alpha dropped (not
+    composited), 16-bit divided by 65535 and the EXIF orientation applied.
+    Unreadable files raise an error that names them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_musc.features import ViTPatchTransformer
+    >>> images = np.random.default_rng(0).integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
+    >>> vit = ViTPatchTransformer(
+    ...     backbone="timm:vit_small_patch14_dinov2", pretrained=None, image_size=56,
+    ...     backbone_kwargs=dict(depth=4, embed_dim=64, num_heads=2), device="cpu")
+    >>> out = vit.fit_transform(images)
+    >>> out.tokens.shape  # (images, layers, grid_h, grid_w, dim)
+    (2, 4, 4, 4, 64)
+    >>> vit.layers_, out.original_sizes
+    ((0, 1, 2, 3), ((60, 80), (60, 80)))
+    """
+
+    def __init__(
+        self,
+        backbone="open_clip:ViT-L-14-336",
+        pretrained="openai",
+        image_size=518,
+        layers=None,
+        backbone_kwargs=None,
+        device="auto",
+        precision="float32",
+        batch_size=8,
+        token_dtype="float16",
+        progress=True,
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.layers = layers
+        self.backbone_kwargs = backbone_kwargs
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.token_dtype = token_dtype
+        self.progress = progress
+
+    def fit(self, X=None, y=None):
+        """Validate the parameters and build the backbone; the images are not used.
+
+        Parameters
+        ----------
+        X : ignored
+            Accepted for pipeline compatibility; the transformation is per image.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        size = _check_size(self.image_size, "image_size")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.token_dtype not in _TOKEN_DTYPES:
+            raise ValueError(
+                f"token_dtype must be 'float16' or 'float32', got {self.token_dtype!r}"
+            )
+        if not isinstance(self.batch_size, numbers.Integral) or isinstance(self.batch_size, bool) \
+                or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(
+                f"backbone_kwargs must be a dict or None, got {self.backbone_kwargs!r}"
+            )
+        device = resolve_device(self.device)
+        if self.precision != "float32" and device.type != "cuda":
+            raise ValueError(
+                f"precision={self.precision!r} needs a CUDA device, got device {device}"
+            )
+        family, name = resolve_backbone(self.backbone)
+        weights = resolve_pretrained(family, name, self.pretrained)
+
+        self.__dict__.pop("_backbone", None)  # free a previous model before building the next
+        backbone = build_backbone(family, name, weights, size, self.backbone_kwargs).to(device)
+        self._backbone = backbone
+        self._weights = weights
+        self.backbone_ = f"{family}:{name}"
+        self.device_ = device
+        self.input_size_ = size
+        self.n_blocks_ = backbone.num_blocks
+        self.layers_ = _check_layers(self.layers, backbone.num_blocks)
+        self.patch_size_ = backbone.patch_size
+        self.grid_size_ = backbone.grid_size
+        self.n_prefix_tokens_ = backbone.num_prefix_tokens
+        self.token_dim_ = backbone.width
+        self.mean_ = np.asarray(backbone.mean, dtype=np.float64)
+        self.std_ = np.asarray(backbone.std, dtype=np.float64)
+        self.embed_dim_ = backbone.embed_dim
+        return self
+
+    # ------------------------------------------------------------------ model
+
+    @property
+    def model_(self):
+        if "layers_" not in self.__dict__:
+            raise AttributeError("model_ exists only after fit")
+        return self._get_backbone().model
+
+    def _get_backbone(self):
+        backbone = self.__dict__.get("_backbone")
+        if backbone is None:  # dropped by pickling: rebuild from the recorded source
+            family, name = self.backbone_.split(":", 1)
+            random_state = self.__dict__.pop("_random_weights", None)
+            kind = self._weights[0]
+            backbone = build_backbone(
+                family, name, self._weights, self.input_size_, self.backbone_kwargs
+            )
+            if kind == "none":
+                if random_state is None:
+                    raise RuntimeError(
+                        "the random weights of this model were not saved; fit it again"
+                    )
+                backbone.model.load_state_dict(random_state)
+            self.device_ = resolve_device(self.device)
+            self._backbone = backbone = backbone.to(self.device_)
+        return backbone
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        backbone = state.pop("_backbone", None)
+        # Weights from a tag or file are reloaded on first use; random ones cannot be.
+        if backbone is not None and self._weights[0] == "none":
+            weights = backbone.model.state_dict()
+            state["_random_weights"] = {k: v.detach().cpu() for k, v in weights.items()}
+        return state
+
+    # ------------------------------------------------------------------ transform
+
+    def transform(self, X):
+        """Compute the patch tokens and embeddings of images.
+
+        Parameters
+        ----------
+        X : sequence of (str, pathlib.Path, PIL.Image.Image, ndarray) or ndarray
+            The images: paths, PIL images or arrays (sizes may differ), or one
+            (n_images, H, W, C) array.
+
+        Returns
+        -------
+        tokens : PatchTokens
+            ``tokens.tokens`` of shape (n_images, n_layers, grid_h, grid_w, dim)
+            in ``token_dtype``; ``tokens.embeddings`` (n_images, embed_dim)
+            float32, unit norm; plus ``input_size``, ``original_sizes``,
+            ``layers`` and ``sources``.
+        """
+        check_is_fitted(self, "layers_")
+        items, sources = as_image_list(X)
+        backbone = self._get_backbone()
+        n, (gh, gw) = len(items), self.grid_size_
+        torch_dtype, np_dtype = _TOKEN_DTYPES[self.token_dtype]
+        tokens = np.empty((n, len(self.layers_), gh, gw, self.token_dim_), dtype=np_dtype)
+        embeddings = np.empty((n, self.embed_dim_), dtype=np.float32)
+        original_sizes = [None] * n
+        # The adapters return blocks in network order; put them in the order asked for.
+        ordered = sorted(self.layers_)
+        order = [ordered.index(layer) for layer in self.layers_]
+        compute = _PRECISIONS[self.precision]
+        autocast = compute != torch.float32
+        starts = range(0, n, self.batch_size)
+
+        def load(start):
+            stop = min(n, start + self.batch_size)
+            pixels, sizes = [], []
+            for i in range(start, stop):
+                image, size = load_image(items[i], sources[i])
+                sizes.append(size)
+                pixels.append(preprocess(image, self.input_size_, self.mean_, self.std_))
+            return start, stop, torch.stack(pixels), sizes
+
+        # A background thread decodes the next batch while the device runs this
+        # one (PIL releases the GIL while decoding and resizing).
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            pending = pool.submit(load, starts[0])
+            for k in _progress(starts, self.progress and len(starts) > 1):
+                start, stop, pixels, sizes = pending.result()
+                if k + self.batch_size < n:
+                    pending = pool.submit(load, k + self.batch_size)
+                original_sizes[start:stop] = sizes
+                x = pixels.to(self.device_, non_blocking=True)
+                with torch.autocast(self.device_.type, dtype=compute, enabled=autocast):
+                    layer_tokens, embedding = backbone(x, ordered)
+                batch = torch.stack([layer_tokens[j] for j in order], dim=1)
+                tokens[start:stop] = _to_storage(batch, torch_dtype, sources[start:stop])
+                embedding = F.normalize(embedding.float(), dim=-1)
+                embeddings[start:stop] = embedding.cpu().numpy()
+        return PatchTokens(
+            tokens=tokens,
+            embeddings=embeddings,
+            input_size=self.input_size_,
+            original_sizes=tuple(original_sizes),
+            layers=self.layers_,
+            sources=tuple(sources),
+        )
+
+
+def _progress(iterable, enabled):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc="ViT forward", unit="batch")
+
+
+def _to_storage(batch, dtype, sources):
+    stored = batch.to(dtype)
+    if not bool(torch.isfinite(stored).all()):
+        if bool(torch.isfinite(batch).all()):
+            raise ValueError("patch tokens overflow float16; use token_dtype='float32'")
+        raise ValueError(
+            f"the backbone produced NaN or infinite tokens for a batch starting with {sources[0]}"
+            " (with precision='float16', try 'bfloat16' or 'float32')"
+        )
+    return stored.cpu().numpy()
+
+
+def maps_to_original(maps, original_sizes, input_size, *, fill="min"):
+    """Put maps of the model input back on the original images.
+
+    Inverse of the preprocessing's resize + centre crop: each map covers the
+    crop region of its image; it is resized (bilinear) to the footprint of
+    that region in original pixels and the borders the crop cut away are
+    filled, so each output has the image's original size.
+
+    Parameters
+    ----------
+    maps : ndarray of shape (n_images, h, w) or sequence of 2-D arrays
+        One map per image over the model input (any resolution: the input
+        size, or the patch grid).
+    original_sizes : sequence of (int, int)
+        (height, width) of each original image (``PatchTokens.original_sizes``).
+    input_size : int or (int, int)
+        Model input (height, width) (``PatchTokens.input_size``).
+    fill : {"min", "edge"} or float, default="min"
+        Value of the cropped-away borders, which the model never saw: the
+        map's minimum (nothing unseen looks anomalous), the nearest edge
+        value of the map, or a constant.
+
+    Returns
+    -------
+    maps : list of ndarray of shape (height_i, width_i), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = maps_to_original(np.ones((1, 4, 4)), [(30, 60)], 8)
+    >>> out[0].shape, float(out[0][:, 15:45].min()), float(out[0][:, :15].max())
+    ((30, 60), 1.0, 1.0)
+    """
+    input_size = _check_size(input_size, "input_size")
+    if len(maps) != len(original_sizes):
+        raise ValueError(f"got {len(maps)} maps for {len(original_sizes)} original sizes")
+    is_number = isinstance(fill, numbers.Real) and not isinstance(fill, bool)
+    if not (is_number or fill in ("min", "edge")):
+        raise ValueError(f"fill must be 'min', 'edge' or a number, got {fill!r}")
+    out = []
+    for m, size in zip(maps, original_sizes):
+        m = np.asarray(m, dtype=np.float32)
+        if m.ndim != 2:
+            raise ValueError(f"each map must be 2-D, got shape {m.shape}")
+        h0, w0 = _check_size(size, "original size")
+        (rh, rw), (top, left) = resize_crop_geometry((h0, w0), input_size)
+        # Crop box in original pixels (the resize scales each axis by rh/h0, rw/w0).
+        y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + input_size[0]))
+        x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + input_size[1]))
+        y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
+        inner = F.interpolate(
+            torch.from_numpy(m)[None, None], size=(y1 - y0, x1 - x0),
+            mode="bilinear", align_corners=False, antialias=True,
+        )[0, 0].numpy()
+        pad = ((y0, h0 - y1), (x0, w0 - x1))
+        if fill == "edge":
+            full = np.pad(inner, pad, mode="edge")
+        else:
+            value = float(inner.min()) if fill == "min" else float(fill)
+            full = np.pad(inner, pad, mode="constant", constant_values=value)
+        out.append(full.astype(np.float32, copy=False))
+    return out
