@@ -1,0 +1,526 @@
+"""Anomaly maps drawn over their images.
+
+* :func:`anomaly_map_rgb` blends an image and its anomaly map into an RGB
+  array (and draws the outline of a ground-truth mask in), with no figure: the
+  command line writes its overlays with it.
+* :func:`overlay_anomaly_map` draws one overlay on a matplotlib Axes.
+* :func:`plot_anomaly_grid` draws a whole batch as a grid of overlays.
+* :func:`normalization_bounds` gives the (vmin, vmax) of each map for the
+  ``"batch"`` and ``"image"`` normalisations.
+
+matplotlib is an optional dependency (``pip install sklearn-musc[examples]``),
+imported only inside the functions that need it. :func:`anomaly_map_rgb` does
+not need it for ``cmap="jet"``: without matplotlib it uses a built-in copy of
+matplotlib's ``jet`` (the same piecewise-linear segments, so the colours agree
+to within rounding); other colormap names need matplotlib, and a colormap may
+also be given as an (n_colors, 3 or 4) array.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = [
+    "anomaly_map_rgb",
+    "normalization_bounds",
+    "overlay_anomaly_map",
+    "plot_anomaly_grid",
+]
+
+_INSTALL_HINT = "pip install sklearn-musc[examples]"
+
+# matplotlib's "jet" segments: (x, value) breakpoints of each channel.
+_JET_SEGMENTS = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+)
+
+
+def _import_matplotlib(what):
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs matplotlib, an optional dependency of sklearn-musc; install it "
+            f"with: {_INSTALL_HINT}"
+        ) from exc
+    return matplotlib
+
+
+def _import_pyplot(what):
+    _import_matplotlib(what)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _jet_lut(n=256):
+    """matplotlib's jet colormap as an (n, 3) float array, computed with numpy only."""
+    x = np.linspace(0.0, 1.0, n)
+    channels = []
+    for segments in _JET_SEGMENTS:
+        xp, fp = zip(*segments)
+        channels.append(np.interp(x, xp, fp))
+    return np.stack(channels, axis=1)
+
+
+def _lut(cmap, n=256):
+    """An (n_colors, 3) float lookup table in [0, 1] for ``cmap``."""
+    if isinstance(cmap, np.ndarray) or isinstance(cmap, (list, tuple)):
+        lut = np.asarray(cmap)
+        if lut.ndim != 2 or lut.shape[1] not in (3, 4) or len(lut) < 2:
+            raise ValueError(
+                f"a colormap array must have shape (n_colors >= 2, 3 or 4), got {lut.shape}"
+            )
+        lut = lut[:, :3]
+        if lut.dtype == np.uint8:
+            return lut.astype(np.float64) / 255.0
+        lut = lut.astype(np.float64)
+        if not np.all(np.isfinite(lut)) or lut.min() < 0 or lut.max() > 1:
+            raise ValueError("a float colormap array must hold values in [0, 1]")
+        return lut
+    try:
+        import matplotlib
+    except ImportError:
+        if cmap == "jet":
+            return _jet_lut(n)
+        raise ImportError(
+            f"the colormap {cmap!r} needs matplotlib (only 'jet' is built in); install it "
+            f"with: {_INSTALL_HINT}"
+        ) from None
+    if isinstance(cmap, str):
+        colormap = matplotlib.colormaps[cmap]
+    else:
+        colormap = cmap  # a matplotlib Colormap
+    return np.asarray(colormap(np.linspace(0.0, 1.0, n)))[:, :3]
+
+
+def _as_rgb_image(image):
+    """(H, W, 3) float image in [0, 1] from uint8, float [0, 1], grey or RGBA input."""
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as pil:
+            return np.asarray(pil.convert("RGB"), dtype=np.float64) / 255.0
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(
+            f"image must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}"
+        )
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image.astype(np.float64) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float64) / 65535.0
+    if image.dtype == bool:
+        return image.astype(np.float64)
+    image = image.astype(np.float64)
+    if not np.all(np.isfinite(image)) or image.min() < 0 or image.max() > 1:
+        raise ValueError(
+            "a float image must hold finite values in [0, 1]; convert 0-255 images to uint8"
+        )
+    return image
+
+
+def _as_map(anomaly_map):
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    if anomaly_map.ndim == 3 and anomaly_map.shape[0] == 1:
+        anomaly_map = anomaly_map[0]
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"an anomaly map must have shape (h, w), got {anomaly_map.shape}")
+    if not np.all(np.isfinite(anomaly_map)):
+        raise ValueError("the anomaly map holds NaN or infinite values")
+    return anomaly_map
+
+
+def _resize_map(anomaly_map, size):
+    """Bilinear resize of a float map to (H, W) (pixel centres aligned)."""
+    if anomaly_map.shape == tuple(size):
+        return anomaly_map
+    resized = Image.fromarray(anomaly_map.astype(np.float32)).resize(
+        (size[1], size[0]), Image.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float64)
+
+
+def _resize_mask(mask, size):
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (1, 3, 4):
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must have shape (h, w), got {mask.shape}")
+    mask = mask > 0
+    if mask.shape == tuple(size):
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size[1], size[0]), Image.NEAREST)) > 127
+
+
+def _check_bounds(vmin, vmax):
+    vmin, vmax = float(vmin), float(vmax)
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        raise ValueError(f"vmin and vmax must be finite, got {vmin}, {vmax}")
+    if vmax < vmin:
+        raise ValueError(f"vmax must be at least vmin, got vmin={vmin}, vmax={vmax}")
+    return vmin, vmax
+
+
+def _check_alpha(alpha):
+    if not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def normalization_bounds(anomaly_maps, normalize="batch"):
+    """The (vmin, vmax) used to colour each anomaly map.
+
+    Parameters
+    ----------
+    anomaly_maps : sequence of array-like of shape (h, w), or ndarray (n, h, w)
+        The maps of a batch (they may differ in size).
+    normalize : {"batch", "image"} or (float, float), default="batch"
+        ``"batch"``: one range for all maps, their overall min and max, so
+        colours compare between images. ``"image"``: each map's own min and
+        max, so every map spans the whole colormap. A pair: that fixed range.
+
+    Returns
+    -------
+    bounds : ndarray of shape (n, 2)
+        ``bounds[i] = (vmin, vmax)`` of map ``i``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_musc.plotting import normalization_bounds
+    >>> maps = [np.array([[0.0, 1.0]]), np.array([[2.0, 4.0]])]
+    >>> normalization_bounds(maps, "batch").tolist()
+    [[0.0, 4.0], [0.0, 4.0]]
+    >>> normalization_bounds(maps, "image").tolist()
+    [[0.0, 1.0], [2.0, 4.0]]
+    """
+    maps = [_as_map(m) for m in anomaly_maps]
+    if not maps:
+        raise ValueError("anomaly_maps holds no map")
+    if isinstance(normalize, str):
+        if normalize == "batch":
+            lo = min(m.min() for m in maps)
+            hi = max(m.max() for m in maps)
+            return np.tile([lo, hi], (len(maps), 1)).astype(np.float64)
+        if normalize == "image":
+            return np.array([[m.min(), m.max()] for m in maps], dtype=np.float64)
+        raise ValueError(f"normalize must be 'batch', 'image' or (vmin, vmax), got {normalize!r}")
+    try:
+        vmin, vmax = normalize
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"normalize must be 'batch', 'image' or (vmin, vmax), got {normalize!r}"
+        ) from None
+    vmin, vmax = _check_bounds(vmin, vmax)
+    return np.tile([vmin, vmax], (len(maps), 1)).astype(np.float64)
+
+
+def _scale(values, vmin, vmax):
+    """Values mapped to [0, 1] by (vmin, vmax), clipped; a zero range maps to 0 / 1."""
+    if vmax > vmin:
+        return np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+    return (values > vmin).astype(np.float64)
+
+
+def _outline(mask, width):
+    """Inner boundary pixels of a binary mask (the image border is not a boundary)."""
+    if not mask.any():
+        return mask
+    eroded = ndimage.binary_erosion(mask, iterations=width, border_value=1)
+    return mask & ~eroded
+
+
+def anomaly_map_rgb(
+    image,
+    anomaly_map,
+    vmin,
+    vmax,
+    alpha=0.5,
+    cmap="jet",
+    mask=None,
+    outline_color=(255, 255, 255),
+    outline_width=1,
+):
+    """An image with its anomaly map blended on top, as an RGB array.
+
+    The map is resized to the image (bilinear) when their sizes differ, scaled
+    by ``(vmin, vmax)`` (values outside are clipped), coloured with ``cmap``
+    and blended: ``(1 - alpha) * image + alpha * colours``. The outline of
+    ``mask`` (its boundary pixels, found as the mask minus its binary erosion)
+    is then painted in ``outline_color``.
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), or a path
+        uint8, or float in [0, 1]. Alpha channels are dropped, grey is repeated.
+    anomaly_map : array-like of shape (h, w)
+        The anomaly scores of the pixels.
+    vmin, vmax : float
+        The scores given the first and the last colour of ``cmap`` (see
+        :func:`normalization_bounds`). With ``vmin == vmax``, scores above it
+        get the last colour and the others the first.
+    alpha : float in [0, 1], default=0.5
+        Weight of the heat map.
+    cmap : str, matplotlib Colormap or array of shape (n_colors, 3 or 4), default="jet"
+        The colormap. ``"jet"`` works without matplotlib (a built-in copy);
+        other names need it. An array is used as a lookup table (uint8, or
+        float in [0, 1]).
+    mask : array-like of shape (h', w'), optional
+        A ground-truth mask (nonzero = anomalous), resized to the image with
+        nearest-neighbour interpolation; its outline is drawn in.
+    outline_color : (int, int, int), default=(255, 255, 255)
+        The RGB colour of the outline.
+    outline_width : int, default=1
+        The outline's width in pixels, inside the mask.
+
+    Returns
+    -------
+    overlay : ndarray of shape (H, W, 3), dtype uint8
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_musc.plotting import anomaly_map_rgb
+    >>> image = np.zeros((8, 8, 3), dtype=np.uint8)
+    >>> amap = np.zeros((4, 4)); amap[1:3, 1:3] = 1.0
+    >>> out = anomaly_map_rgb(image, amap, vmin=0.0, vmax=1.0, alpha=1.0)
+    >>> out.shape, out.dtype
+    ((8, 8, 3), dtype('uint8'))
+    >>> out[0, 0].tolist(), out[4, 4].tolist()    # jet's first and last colours
+    ([0, 0, 128], [128, 0, 0])
+    """
+    rgb = _as_rgb_image(image)
+    size = rgb.shape[:2]
+    values = _resize_map(_as_map(anomaly_map), size)
+    vmin, vmax = _check_bounds(vmin, vmax)
+    alpha = _check_alpha(alpha)
+    lut = _lut(cmap)
+    t = _scale(values, vmin, vmax)
+    index = np.minimum((t * len(lut)).astype(np.intp), len(lut) - 1)
+    blended = (1.0 - alpha) * rgb + alpha * lut[index]
+    out = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+    if mask is not None:
+        width = int(outline_width)
+        if width < 1:
+            raise ValueError(f"outline_width must be at least 1, got {outline_width!r}")
+        colour = np.asarray(outline_color)
+        if colour.shape != (3,):
+            raise ValueError(f"outline_color must be an (r, g, b) triple, got {outline_color!r}")
+        out[_outline(_resize_mask(mask, size), width)] = np.clip(colour, 0, 255).astype(np.uint8)
+    return out
+
+
+def overlay_anomaly_map(
+    image,
+    anomaly_map,
+    mask=None,
+    normalize="image",
+    alpha=0.5,
+    cmap="jet",
+    ax=None,
+    outline_color="white",
+    colorbar=False,
+):
+    """Draw an image with its anomaly map on top, and a mask's outline, on an Axes.
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), or a path
+        uint8, or float in [0, 1].
+    anomaly_map : array-like of shape (h, w)
+        The anomaly scores; resized to the image (bilinear) when the sizes
+        differ.
+    mask : array-like of shape (h', w'), optional
+        A ground-truth mask (nonzero = anomalous), drawn as a contour.
+    normalize : {"image", "batch"} or (float, float), default="image"
+        ``"image"`` (or ``"batch"``, the same for a single map) spans the
+        colormap from the map's min to its max; a pair ``(vmin, vmax)`` fixes
+        the range, e.g. to compare images (see :func:`normalization_bounds`).
+    alpha : float in [0, 1], default=0.5
+        Opacity of the heat map.
+    cmap : str or matplotlib Colormap, default="jet"
+    ax : matplotlib Axes, optional
+        Where to draw; by default the current Axes.
+    outline_color : matplotlib colour, default="white"
+        The colour of the mask's contour.
+    colorbar : bool, default=False
+        Whether to add a colorbar for the map.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (``pip install sklearn-musc[examples]``).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from sklearn_musc.datasets import make_synthetic_defects
+    >>> from sklearn_musc.plotting import overlay_anomaly_map
+    >>> data = make_synthetic_defects(n_images=2, n_anomalous=1, image_size=64,
+    ...                               random_state=0)
+    >>> i = int(data.labels.argmax())
+    >>> ax = overlay_anomaly_map(data.images[i], data.masks[i][::4, ::4], mask=data.masks[i])
+    >>> plt.close("all")
+    """
+    plt = _import_pyplot("overlay_anomaly_map")
+    rgb = _as_rgb_image(image)
+    size = rgb.shape[:2]
+    values = _resize_map(_as_map(anomaly_map), size)
+    if isinstance(normalize, str) and normalize in ("image", "batch"):
+        vmin, vmax = normalization_bounds([anomaly_map], "image")[0]
+    else:
+        vmin, vmax = normalization_bounds([anomaly_map], normalize)[0]
+    alpha = _check_alpha(alpha)
+    if ax is None:
+        ax = plt.gca()
+    ax.imshow(rgb, interpolation="nearest")
+    if vmax == vmin:
+        vmax = vmin + 1e-12  # a flat map: avoid matplotlib's singular-range warning
+    heat = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha,
+                     interpolation="nearest")
+    if mask is not None:
+        binary = _resize_mask(mask, size)
+        if binary.any() and not binary.all():
+            ax.contour(binary.astype(np.float64), levels=[0.5], colors=[outline_color],
+                       linewidths=1.0)
+    if colorbar:
+        ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def _as_list(values, n, name):
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries, expected {n} (one per image)")
+    return values
+
+
+def plot_anomaly_grid(
+    images,
+    anomaly_maps,
+    masks=None,
+    scores=None,
+    labels=None,
+    titles=None,
+    normalize="batch",
+    n_cols=6,
+    figsize=None,
+    alpha=0.5,
+    cmap="jet",
+):
+    """A grid of anomaly-map overlays, one panel per image of a batch.
+
+    Parameters
+    ----------
+    images : sequence of images (arrays, PIL images or paths) or ndarray (n, H, W, 3)
+    anomaly_maps : sequence of array-like (h, w) or ndarray (n, h, w)
+        One map per image, resized to its image for display.
+    masks : sequence of array-like or ndarray (n, H, W), optional
+        Ground-truth masks, drawn as contours (None entries are skipped).
+    scores : array-like of shape (n,), optional
+        Image scores, written in the titles.
+    labels : array-like of shape (n,), optional
+        Labels (1 = anomalous), written in the titles; anomalous ones in red.
+    titles : sequence of str, optional
+        A first title line per image (e.g. a file name or defect type).
+    normalize : {"batch", "image"} or (float, float), default="batch"
+        ``"batch"``: one colour range, the min and max over all maps (colours
+        compare between panels); ``"image"``: each map by its own min and max;
+        a pair: that fixed range. See :func:`normalization_bounds`.
+    n_cols : int, default=6
+        Panels per row.
+    figsize : (float, float), optional
+        Default: 2.5 inches per panel.
+    alpha : float in [0, 1], default=0.5
+        Opacity of the heat maps.
+    cmap : str or matplotlib Colormap, default="jet"
+
+    Returns
+    -------
+    fig : matplotlib Figure
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (``pip install sklearn-musc[examples]``).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> import numpy as np
+    >>> from sklearn_musc.datasets import make_synthetic_defects
+    >>> from sklearn_musc.plotting import plot_anomaly_grid
+    >>> data = make_synthetic_defects(n_images=4, n_anomalous=1, image_size=32,
+    ...                               random_state=0)
+    >>> maps = data.masks.astype(float)
+    >>> fig = plot_anomaly_grid(data.images, maps, masks=data.masks,
+    ...                         scores=maps.max(axis=(1, 2)), labels=data.labels, n_cols=2)
+    >>> len(fig.axes)
+    4
+    >>> plt.close(fig)
+    """
+    plt = _import_pyplot("plot_anomaly_grid")
+    images = list(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("images holds no image")
+    anomaly_maps = _as_list(anomaly_maps, n, "anomaly_maps")
+    masks = _as_list(masks, n, "masks")
+    scores = _as_list(None if scores is None else np.ravel(scores), n, "scores")
+    labels = _as_list(None if labels is None else np.ravel(labels), n, "labels")
+    titles = _as_list(titles, n, "titles")
+    if not isinstance(n_cols, numbers.Integral) or n_cols < 1:
+        raise ValueError(f"n_cols must be a positive integer, got {n_cols!r}")
+    bounds = normalization_bounds(anomaly_maps, normalize)
+    n_cols = min(int(n_cols), n)
+    n_rows = -(-n // n_cols)
+    if figsize is None:
+        figsize = (2.5 * n_cols, 2.5 * n_rows + 0.3)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            fig.delaxes(ax)
+            continue
+        overlay_anomaly_map(images[i], anomaly_maps[i], mask=masks[i],
+                            normalize=tuple(bounds[i]), alpha=alpha, cmap=cmap, ax=ax)
+        lines = []
+        if titles[i] is not None:
+            lines.append(str(titles[i]))
+        details = []
+        if scores[i] is not None:
+            details.append(f"score {float(scores[i]):.3g}")
+        if labels[i] is not None:
+            details.append(f"label {int(labels[i])}")
+        if details:
+            lines.append(", ".join(details))
+        if lines:
+            anomalous = labels[i] is not None and int(labels[i]) == 1
+            ax.set_title("\n".join(lines), fontsize=9, color="tab:red" if anomalous else "black")
+    fig.tight_layout()
+    return fig
