@@ -9,7 +9,7 @@ neighbours (:class:`RsCINRescorer`).
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
-from .features import ViTPatchTransformer, maps_to_original
+from .features import ViTPatchTransformer, maps_to_original, masks_to_input
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 
@@ -24,4 +24,5 @@ __all__ = [
     "RsCINRescorer",
     "ViTPatchTransformer",
     "maps_to_original",
+    "masks_to_input",
 ]

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -16,7 +17,7 @@ from ._batch import PatchTokens
 from ._device import resolve_device
 from ._images import as_image_list, load_image, preprocess, resize_crop_geometry
 
-__all__ = ["ViTPatchTransformer", "maps_to_original", "default_layers"]
+__all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "default_layers"]
 
 _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _TOKEN_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
@@ -466,4 +467,44 @@ def maps_to_original(maps, original_sizes, input_size, *, fill="min"):
             value = float(inner.min()) if fill == "min" else float(fill)
             full = np.pad(inner, pad, mode="constant", constant_values=value)
         out.append(full.astype(np.float32, copy=False))
+    return out
+
+
+def masks_to_input(masks, input_size):
+    """Resize and centre-crop ground-truth masks exactly like their images.
+
+    Use it to compare anomaly maps with masks at the model input size, as the
+    paper's pixel metrics do (SPEC section 5); :func:`maps_to_original` goes
+    the other way.
+
+    Parameters
+    ----------
+    masks : sequence of 2-D arrays
+        One mask per image at the image's original size; values above 0 are
+        anomalous.
+    input_size : int or (int, int)
+        Model input (height, width) (``PatchTokens.input_size``).
+
+    Returns
+    -------
+    masks : ndarray of shape (n_images, height, width), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((30, 60), np.uint8); mask[:, 30:] = 1
+    >>> out = masks_to_input([mask], 10)
+    >>> out.shape, int(out[0, 0].sum())
+    ((1, 10, 10), 5)
+    """
+    th, tw = _check_size(input_size, "input_size")
+    out = np.empty((len(masks), th, tw), dtype=bool)
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"each mask must be 2-D, got shape {mask.shape}")
+        (rh, rw), (top, left) = resize_crop_geometry(mask.shape, (th, tw))
+        # nearest neighbour keeps the mask binary
+        resized = Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((rw, rh), Image.NEAREST)
+        out[i] = np.asarray(resized)[top : top + th, left : left + tw] > 127
     return out
