@@ -123,6 +123,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Images scoring strictly above it are labelled -1.
     labels_ : ndarray of shape (n_images,)
         1 for normal, -1 for anomalous.
+    input_size_ : (int, int) or None
+        Model input size of the batch (from ``ViTPatchTransformer``).
+    original_sizes_ : tuple of (int, int) or None
+        Each image's original size; ``maps_to_original(anomaly_maps_,
+        original_sizes_, input_size_)`` gives the maps at that resolution.
     subsets_ : list of ndarray
         Indices of the images of each subset.
     device_ : torch.device
@@ -250,6 +255,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             set_scores[idx] = part
         self.set_patch_scores_ = set_scores
         self.patch_scores_ = set_scores.mean(axis=1)
+        self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)

@@ -36,7 +36,8 @@ def test_non_square_images_end_to_end():
     assert labels.shape == (6,) and msm.patch_scores_.shape == (6, 4, 3)
     assert msm.anomaly_maps_.shape == (6, 56, 42)
     np.testing.assert_allclose(msm.anomaly_scores_, msm.anomaly_maps_.reshape(6, -1).max(1))
-    back = maps_to_original(msm.anomaly_maps_, [im.shape[:2] for im in images], (56, 42))
+    assert msm.input_size_ == (56, 42) and msm.original_sizes_ == ((64, 50),) * 6
+    back = maps_to_original(msm.anomaly_maps_, msm.original_sizes_, msm.input_size_)
     assert all(m.shape == (64, 50) and np.isfinite(m).all() for m in back)
     assert np.isfinite(pipe["rscin"].anomaly_scores_).all()
 
