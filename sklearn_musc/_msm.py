@@ -18,7 +18,7 @@ PRECISIONS = ("float32", "tf32", "bfloat16")
 
 # Largest product tile: big enough for the matrix multiply to run at full
 # speed, small enough to stay in the CPU's caches / leave GPU memory free.
-_TILE_BYTES = {"cpu": 64 * 2**20, "cuda": 2 * 2**30}
+_TILE_BYTES = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}
 
 
 def interval_bounds(n_images, topmin_min, topmin_max):
@@ -103,8 +103,10 @@ def max_similarity_table(Z, plan, precision="float32"):
 
     Returns
     -------
-    table : tensor of shape (N, N, L) on ``plan.device``
-        ``table[i, j, p] = max_q Z[i, p] . Z[j, q]``, and ``-inf`` for ``i == j``.
+    table : tensor of shape (N, L, N) on ``plan.device``
+        ``table[i, p, j] = max_q Z[i, p] . Z[j, q]``, and ``-inf`` for ``i == j``.
+        The other images are the last, contiguous axis, which the ``topk``
+        of :func:`interval_average` runs along.
     """
     n, L, C = Z.shape
     device = plan.device
@@ -112,7 +114,7 @@ def max_similarity_table(Z, plan, precision="float32"):
     flat = Z.reshape(n * L, C)
     if plan.resident:
         flat = flat.to(device, dtype)
-    table = torch.empty((n, n, L), dtype=torch.float32, device=device)
+    table = torch.empty((n, L, n), dtype=torch.float32, device=device)
 
     def load(i0, i1):
         return flat[i0 * L : i1 * L].to(device, dtype, non_blocking=True)
@@ -130,8 +132,8 @@ def max_similarity_table(Z, plan, precision="float32"):
             for u0 in range(b0, b1, plan.block):
                 u1 = min(b1, u0 + plan.block)
                 prod = product(rows, load(u0, u1)).view(t1 - t0, L, u1 - u0, L)
-                table[t0:t1, u0:u1] = prod.amax(dim=3).transpose(1, 2)
-                table[u0:u1, t0:t1] = prod.amax(dim=1).transpose(0, 1)
+                table[t0:t1, :, u0:u1] = prod.amax(dim=3)
+                table[u0:u1, :, t0:t1] = prod.amax(dim=1).permute(1, 2, 0)
 
     def triangle(a0, a1):
         # each unordered pair once: the two halves against each other, then
@@ -146,7 +148,7 @@ def max_similarity_table(Z, plan, precision="float32"):
     with _matmul_precision(precision, device):
         triangle(0, n)
     idx = torch.arange(n, device=device)
-    table[idx, idx] = -math.inf
+    table[idx, :, idx] = -math.inf
     return table
 
 
@@ -158,6 +160,6 @@ def interval_average(table, k_min, k_max):
     itself. Only those ``k_max`` values are selected (``topk``), not a full
     sort. Returns a tensor of shape (N, L).
     """
-    best = torch.topk(table, k_max, dim=1, largest=True, sorted=True).values[:, k_min:k_max]
+    best = torch.topk(table, k_max, dim=2, largest=True, sorted=True).values[..., k_min:k_max]
     dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0))
-    return dist.mean(dim=1)
+    return dist.mean(dim=2)

@@ -16,25 +16,34 @@ _LN_EPS = 1e-5
 
 
 def _lnamd(x, r_list):
-    """MuSc's LNAMD for one layer: x (B, C, h, w) -> (B, len(r_list), h, w, C)."""
-    # One LayerNorm over the whole (C, h, w) tensor of each image, no affine.
+    """MuSc's LNAMD for one layer: x (B, h, w, C) -> (B, len(r_list), h, w, C).
+
+    Everything stays channels-last, the layout of the tokens and of the
+    output, so no step copies to (B, C, h, w) and back.
+    """
+    # One LayerNorm over the whole (h, w, C) tensor of each image, no affine:
+    # a joint normalisation, so the order of the axes does not matter.
     x = F.layer_norm(x, x.shape[1:], eps=_LN_EPS)
     out = []
     for r in r_list:
-        # count_include_pad=True: border patches are diluted by the zero
-        # padding, as in the reference.
-        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=True)
-        out.append(F.normalize(y, dim=1))
-    return torch.stack(out, dim=1).permute(0, 1, 3, 4, 2)
+        # count_include_pad=True as in the reference. It dilutes the border
+        # patches only by a factor per position, which the L2 normalisation
+        # below cancels.
+        y = x if r == 1 else F.avg_pool2d(
+            x.permute(0, 3, 1, 2), r, stride=1, padding=r // 2, count_include_pad=True
+        ).permute(0, 2, 3, 1)
+        out.append(F.normalize(y, dim=-1))
+    return torch.stack(out, dim=1)
 
 
 def _snamd(x, r_list):
-    """MuSc-V2's similarity-weighted aggregation: x (B, C, h, w) -> (B, 1, h, w, C).
+    """MuSc-V2's similarity-weighted aggregation: x (B, h, w, C) -> (B, 1, h, w, C).
 
     Each neighbour q of p inside the image is weighted by exp(-||x_q - x_p||);
     the per-degree weighted means are averaged over ``r_list``. The windows of
     all degrees are nested, so every offset is visited once.
     """
+    x = x.permute(0, 3, 1, 2)
     k = max(r_list) // 2
     padded = F.pad(x, (k, k, k, k))
     inside = F.pad(torch.ones_like(x[:, :1]), (k, k, k, k))
@@ -176,8 +185,7 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
                 chunk = chunk.to(self.device_, torch.float32)
                 check_finite(chunk, "tokens")
                 for layer in range(n_layers):
-                    x = chunk[:, layer].permute(0, 3, 1, 2)
-                    sets = kernel(x, self._r_list)
+                    sets = kernel(chunk[:, layer], self._r_list)
                     stop = start + chunk.shape[0]
                     out[start:stop, layer * per_layer : (layer + 1) * per_layer] = sets.cpu().numpy()
         return FeatureSets(

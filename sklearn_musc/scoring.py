@@ -98,7 +98,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         ``4 * (n*n*L + 3*n*k*L)`` bytes for the table of per-image best
         matches and its top ``k``, plus the features (``4*n*L*C``; streamed
         from the host in tiles when they do not fit) and one product tile of
-        at most 64 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
+        at most 32 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
         is refused with a ``MemoryError`` that proposes a subset size. With
         ``n_jobs > 1``, each concurrently scored subset has this budget.
     precision : {"float32", "tf32", "bfloat16"}, default="float32"

@@ -1,0 +1,148 @@
+"""The whole pipeline: images per second, the split between stages, peak memory.
+
+Stages are timed one by one (ViT incl. decoding and preprocessing, LNAMD, MSM,
+RsCIN). Two yardsticks are measured in the same run: the backbone's bare
+forward time on the same number of preprocessed images, and MSM's arithmetic
+(n_sets x N(N-1)/2 x L^2 x C multiply-adds) at the machine's measured float32
+matrix-multiply rate; the pipeline's time is reported as a ratio to their sum.
+
+    # MVTec AD bottle (83 images) with real DINOv2 ViT-S/14 weights, 224 px
+    python benchmarks/bench_pipeline.py --images ../shared/data/mvtec_ad_lowres/bottle/test \\
+        --backbone timm:vit_small_patch14_dinov2 \\
+        --pretrained ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors --image-size 224
+    # synthetic batches of several sizes, each in its own process for its peak memory
+    python benchmarks/bench_pipeline.py --sizes 50 100 200 400 --backbone timm:vit_small_patch14_dinov2 \\
+        --pretrained none --image-size 224
+    # the paper's setting on a GPU (random weights: the time does not depend on them)
+    python benchmarks/bench_pipeline.py --sizes 200 --backbone open_clip:ViT-L-14-336 --pretrained none \\
+        --image-size 518 --device cuda --precision bfloat16
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_msm import best_time, matmul_rate, sync
+from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
+from sklearn_musc._device import resolve_device
+
+
+def peak_memory(device):
+    """Peak resident memory of this process (and of the GPU), in GiB."""
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return host, gpu
+
+
+def run(images, args):
+    device = resolve_device(args.device)
+    pretrained = None if args.pretrained == "none" else args.pretrained
+    # MSM's precision as given; the ViT runs under bfloat16 autocast for "bfloat16" only
+    precision = args.precision if device.type == "cuda" else "float32"
+    vit_precision = "bfloat16" if precision == "bfloat16" else "float32"
+    vit = ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
+                              device=str(device), batch_size=args.batch_size, progress=False,
+                              precision=vit_precision).fit()
+    lnamd = LNAMDTransformer(device=str(device))
+    msm = MutualScoringDetector(device=str(device), precision=precision)
+    rscin = RsCINRescorer()
+    n = len(images)
+    times = {}
+
+    def timed(name, fn):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times[name] = time.perf_counter() - start
+        return out
+
+    tokens = timed("vit", lambda: vit.transform(images))
+    feats = timed("lnamd", lambda: lnamd.fit_transform(tokens))
+    scores = timed("msm", lambda: msm.fit_transform(feats))
+    timed("rscin", lambda: rscin.fit(scores))
+    total = sum(times.values())
+
+    # yardsticks: bare forward on as many preprocessed images, and MSM's arithmetic
+    x = torch.randn(min(n, args.batch_size), 3, *vit.input_size_, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=vit_precision != "float32"):
+        forward_batch, _ = best_time(lambda: vit._get_backbone()(x, sorted(vit.layers_)), device, 3)
+    forward = forward_batch * n / len(x)
+    _, n_sets, gh, gw, dim = feats.features.shape
+    L = gh * gw
+    gflop = n_sets * n * (n - 1) / 2 * L * L * dim * 2 / 1e9
+    rate = matmul_rate(min(n, 20) * L, dim, device, 3)
+    host, gpu = peak_memory(device)
+    return {
+        "n_images": n, "device": str(device), "backbone": args.backbone, "image_size": vit.input_size_,
+        "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "precision": precision,
+        "seconds": times, "total_s": total, "images_per_s": n / total, "ms_per_image": 1000 * total / n,
+        "forward_s": forward, "msm_gflop": gflop, "matmul_gflops": rate, "msm_arith_s": gflop / rate,
+        "ratio_to_forward_plus_arith": total / (forward + gflop / rate),
+        "peak_host_gib": host, "peak_gpu_gib": gpu,
+    }
+
+
+def report(r, stream=sys.stdout):
+    s = r["seconds"]
+    print(f"N={r['n_images']} {r['backbone']} @ {r['image_size']} on {r['device']} ({r['precision']}): "
+          f"{r['total_s']:.2f} s = {r['images_per_s']:.2f} images/s ({r['ms_per_image']:.1f} ms/image); "
+          f"vit {s['vit']:.2f} s, lnamd {s['lnamd']:.2f} s, msm {s['msm']:.2f} s, rscin {s['rscin']:.3f} s; "
+          f"bare forward {r['forward_s']:.2f} s + MSM arithmetic {r['msm_arith_s']:.2f} s "
+          f"({r['msm_gflop']:.0f} GFLOP at {r['matmul_gflops']:.0f} GFLOP/s): ratio "
+          f"{r['ratio_to_forward_plus_arith']:.2f}; peak memory {r['peak_host_gib']:.2f} GiB host"
+          + (f", {r['peak_gpu_gib']:.2f} GiB GPU" if r["device"].startswith("cuda") else ""), file=stream)
+
+
+def synthetic_images(n, size):
+    from sklearn_musc.datasets import make_synthetic_defects
+
+    data = make_synthetic_defects(n_images=n, n_anomalous=max(1, n // 10), image_size=size,
+                                  kind="object", random_state=0)
+    return list(data.images)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="synthetic batch sizes, one process each")
+    parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
+    parser.add_argument("--pretrained", default="none", help="tag, weights file, or 'none'")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="append the results as JSON lines")
+    parser.add_argument("--_one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._one is not None:  # child process: one synthetic size
+        result = run(synthetic_images(args._one, args.image_size), args)
+        print("RESULT " + json.dumps(result))
+        return
+    results = []
+    if args.images is not None:
+        paths = sorted(str(p) for p in args.images.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".bmp"})
+        results.append(run(paths, args))
+        report(results[-1])
+    for n in args.sizes or []:
+        child = list(argv if argv is not None else sys.argv[1:])
+        cmd = [sys.executable, __file__, *child, "--_one", str(n)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results.append(json.loads(out.split("RESULT ", 1)[1]))
+        report(results[-1])
+    if args.json:
+        with open(args.json, "a") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Effect of MSM's reduced-precision products on real scores, emulated on the CPU.
+
+``MutualScoringDetector(precision="tf32" | "bfloat16")`` rounds the inputs of
+the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
+(bfloat16) mantissa on CUDA tensor cores, and keeps sums, maxima and
+distances in float32. The rounding is deterministic, so it can be reproduced
+exactly on any machine: this script rounds the features the same way, runs
+the float32 kernel on them, and compares patch scores, image scores and the
+metrics with the exact float32 run. It measures the effect on the numbers,
+not the speed (that needs a GPU: bench_msm.py --precision on CUDA).
+
+    python benchmarks/precision_effect.py --data-root ../shared/data/mvtec_ad_lowres \\
+        --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors --categories bottle screw
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sklearn_musc import LNAMDTransformer, ViTPatchTransformer, _msm, masks_to_input
+from sklearn_musc.datasets import load_masks, load_mvtec
+from sklearn_musc.metrics import image_auroc, pixel_auroc
+
+
+def round_tf32(x):
+    """float32 -> TF32 (10-bit mantissa), round to nearest, ties away (cvt.rna.tf32.f32)."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def round_bf16(x):
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+ROUNDING = {"float32": lambda x: x, "tf32": round_tf32, "bfloat16": round_bf16}
+
+
+def patch_scores(features, rounding, k_bounds):
+    n, n_sets, h, w, c = features.shape
+    plan = _msm.Plan(n, h * w, c, k_bounds[1], torch.device("cpu"), 8 * 2**30)
+    out = np.zeros((n, h, w), dtype=np.float64)
+    with torch.inference_mode():
+        for s in range(n_sets):
+            Z = F.normalize(torch.as_tensor(features[:, s]).reshape(n, h * w, c).float(), dim=-1)
+            table = _msm.max_similarity_table(rounding(Z), plan, "float32")
+            out += _msm.interval_average(table, *k_bounds).reshape(n, h, w).numpy()
+    return (out / n_sets).astype(np.float32)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, required=True, help="MVTec AD layout")
+    parser.add_argument("--categories", nargs="+", default=["bottle"])
+    parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args(argv)
+
+    vit = ViTPatchTransformer(backbone=args.backbone, pretrained=args.weights, image_size=args.image_size,
+                              device="cpu", progress=False).fit()
+    print("| category | precision | max abs diff patch score | max abs diff image score "
+          "| image AUROC | pixel AUROC |")
+    print("|---|---|---|---|---|---|")
+    for category in args.categories:
+        data = load_mvtec(args.data_root, category)
+        feats = LNAMDTransformer(device="cpu").fit_transform(vit.transform(data.paths))
+        masks = masks_to_input(list(load_masks(data)), vit.input_size_)
+        k_bounds = _msm.interval_bounds(len(data.paths), 0.0, 0.3)
+        exact = None
+        for name, rounding in ROUNDING.items():
+            scores = patch_scores(feats.features, rounding, k_bounds)
+            maps = F.interpolate(torch.from_numpy(scores)[:, None], size=vit.input_size_, mode="bilinear",
+                                 align_corners=True)[:, 0].numpy()
+            image = maps.reshape(len(maps), -1).max(1)
+            if exact is None:
+                exact = scores, image
+            print(f"| {category} | {name} | {np.abs(scores - exact[0]).max():.2e} "
+                  f"| {np.abs(image - exact[1]).max():.2e} | {image_auroc(data.labels, image):.4f} "
+                  f"| {pixel_auroc(masks, maps):.4f} |")
+
+
+if __name__ == "__main__":
+    main()
