@@ -64,7 +64,7 @@ def build_pipeline(args, pretrained):
         ("vit", ViTPatchTransformer(
             backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
             layers=args.layers, device=args.device, batch_size=args.batch_size,
-            progress=not args.no_progress)),
+            progress=not args.no_progress, random_state=0)),
         ("lnamd", LNAMDTransformer(r_list=tuple(args.r_list), device=args.device)),
         ("msm", MutualScoringDetector(contamination=args.contamination, device=args.device,
                                       max_subset_size=args.max_subset_size, random_state=0)),

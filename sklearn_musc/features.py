@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
@@ -141,6 +142,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     progress : bool, default=True
         Show a progress bar over the forward batches (only when there is more
         than one batch).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initialisation when ``pretrained`` is None (ignored
+        for pretrained weights), so that random-weight runs can be repeated;
+        None draws from torch's global random state.
 
     Attributes
     ----------
@@ -213,6 +218,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         batch_size=8,
         token_dtype="float16",
         progress=True,
+        random_state=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -224,6 +230,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.token_dtype = token_dtype
         self.progress = progress
+        self.random_state = random_state
 
     def fit(self, X=None, y=None):
         """Validate the parameters and build the backbone; the images are not used.
@@ -264,7 +271,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         weights = resolve_pretrained(family, name, self.pretrained)
 
         self.__dict__.pop("_backbone", None)  # free a previous model before building the next
-        backbone = build_backbone(family, name, weights, size, self.backbone_kwargs).to(device)
+        with torch.random.fork_rng(devices=[]):  # seed the random init without touching the caller's RNG
+            if weights[0] == "none" and self.random_state is not None:
+                torch.manual_seed(int(check_random_state(self.random_state).randint(2**31 - 1)))
+            backbone = build_backbone(family, name, weights, size, self.backbone_kwargs).to(device)
         self._backbone = backbone
         self._weights = weights
         self.backbone_ = f"{family}:{name}"

@@ -15,7 +15,8 @@ from sklearn_musc.datasets import load_masks, load_mvtec, make_synthetic_defects
 
 WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
 TINY = dict(backbone="timm:vit_small_patch14_dinov2", pretrained=None,
-            backbone_kwargs=dict(depth=4, embed_dim=64, num_heads=2), device="cpu", progress=False)
+            backbone_kwargs=dict(depth=4, embed_dim=64, num_heads=2), device="cpu", progress=False,
+            random_state=0)
 
 
 def musc(**vit):
@@ -68,3 +69,36 @@ def test_real_bottle_with_real_dinov2_weights():
           f"(MSM {roc_auc_score(data.labels, msm.anomaly_scores_):.4f}), pixel AUROC {pixel_auroc:.4f}")
     assert image_auroc >= 0.99
     assert pixel_auroc >= 0.96
+
+
+def test_grid_search_with_cached_features(tmp_path):
+    """scikit-learn's own GridSearchCV over the later steps, ViT features cached once."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_musc.metrics import anomaly_scorer, image_auroc
+
+    data = make_synthetic_defects(n_images=8, n_anomalous=2, image_size=56, random_state=1)
+    pipe = musc(image_size=56, **TINY)
+    pipe.memory = str(tmp_path / "cache")
+    idx = np.arange(8)
+    grid = {"lnamd__r_list": [(1,), (1, 3)], "msm__topmin_max": [0.3, 0.6]}
+    search = GridSearchCV(pipe, grid, scoring=anomaly_scorer(image_auroc), cv=[(idx, idx)], refit=False)
+    search.fit(list(data.images), data.labels)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    # cached step outputs: 1 ViT (shared by all four settings) + 2 LNAMD + 4 MSM
+    assert len(list((tmp_path / "cache").rglob("output.pkl"))) == 7
+    best = search.cv_results_["params"][int(np.argmax(search.cv_results_["mean_test_score"]))]
+    manual = musc(image_size=56, **TINY).set_params(**best)
+    manual.fit_predict(list(data.images))
+    assert image_auroc(data.labels, manual["rscin"].anomaly_scores_) == pytest.approx(
+        search.cv_results_["mean_test_score"].max())
+
+
+def test_random_init_is_seeded():
+    data = make_synthetic_defects(n_images=3, n_anomalous=1, image_size=56, random_state=0)
+    a = ViTPatchTransformer(image_size=56, **TINY).fit_transform(list(data.images)).tokens
+    b = ViTPatchTransformer(image_size=56, **TINY).fit_transform(list(data.images)).tokens
+    c = ViTPatchTransformer(image_size=56, **{**TINY, "random_state": 1}).fit_transform(list(data.images)).tokens
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(np.float32) - c.astype(np.float32)).max() > 1e-3
