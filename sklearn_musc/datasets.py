@@ -359,20 +359,32 @@ def load_visa(root, category, split_csv=None, return_images=False):
     return bunch
 
 
+def _folder_records(image_dirs, mask_dir):
+    """(defect, image, mask) of the images in each (folder, defect type) pair.
+
+    Normal ("good") images have no mask; the mask of any other image is the
+    file of the same stem in ``mask_dir``. Missing folders are skipped.
+    """
+    records = []
+    for image_dir, defect in image_dirs:
+        if not image_dir.is_dir():
+            continue
+        for image in _image_files(image_dir):
+            mask = None
+            if defect != "good":
+                mask = _find_mask(mask_dir, image.stem)
+                if mask is None:
+                    raise _missing_mask(image, mask_dir / (image.stem + ".png"))
+            records.append((defect, image, mask))
+    return records
+
+
 def _visa_from_folders(folder):
     images_dir = folder / "Data" / "Images"
-    masks_dir = folder / "Data" / "Masks" / "Anomaly"
-    records = []
-    for sub, defect in (("Normal", "good"), ("Anomaly", "anomaly")):
-        if not (images_dir / sub).is_dir():
-            continue
-        for image in _image_files(images_dir / sub):
-            mask = None
-            if defect == "anomaly":
-                mask = _find_mask(masks_dir, image.stem)
-                if mask is None:
-                    raise _missing_mask(image, masks_dir / (image.stem + ".png"))
-            records.append((defect, image, mask))
+    records = _folder_records(
+        [(images_dir / "Normal", "good"), (images_dir / "Anomaly", "anomaly")],
+        folder / "Data" / "Masks" / "Anomaly",
+    )
     if not records:
         raise FileNotFoundError(
             f"no image found under {str(images_dir)!r}: expected {_LAYOUTS['visa']}"
@@ -473,18 +485,8 @@ def load_btad(root, category, return_images=False):
     """
     folder = _category_dir(root, category, "btad")
     test_dir = folder / "test"
-    gt_dir = folder / "ground_truth" / "ko"
-    records = []
-    for sub, defect in (("ok", "good"), ("ko", "ko")):
-        if not (test_dir / sub).is_dir():
-            continue
-        for image in _image_files(test_dir / sub):
-            mask = None
-            if defect == "ko":
-                mask = _find_mask(gt_dir, image.stem)
-                if mask is None:
-                    raise _missing_mask(image, gt_dir / (image.stem + ".png"))
-            records.append((defect, image, mask))
+    records = _folder_records([(test_dir / "ok", "good"), (test_dir / "ko", "ko")],
+                              folder / "ground_truth" / "ko")
     if not records:
         raise FileNotFoundError(
             f"no test image found under {str(test_dir)!r}: expected {_LAYOUTS['btad']}"
