@@ -126,6 +126,9 @@ def print_summary(pipe, paths, root, seconds, stream=None):
     flagged = int((rscin.labels_ == -1).sum())
     print(f"scored {n} images in {seconds:.1f} s: {flagged} anomalous, {n - flagged} normal "
           f"(threshold {rscin.threshold_:.3f} on scores in [0, 1])", file=stream)
+    if rscin.contamination == "auto":
+        print("  (contamination 'auto' assumes fewer than half of the images are defective; "
+              "if more are, give the expected share with --contamination)", file=stream)
     order = np.argsort(-rscin.anomaly_scores_)
     print("most anomalous:", file=stream)
     for i in order[: min(5, n)]:
