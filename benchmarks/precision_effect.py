@@ -4,8 +4,8 @@
 the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
 (bfloat16) mantissa on CUDA tensor cores, and keeps sums, maxima and
 distances in float32. The rounding is deterministic, so it can be reproduced
-exactly on any machine: this script rounds the features the same way, runs
-the float32 kernel on them, and compares patch scores, image scores and the
+exactly on any machine: off CUDA the kernel rounds the features the same way
+and multiplies them in float32; this script compares patch scores, image scores and the
 metrics with the exact float32 run. It measures the effect on the numbers,
 not the speed (that needs a GPU: bench_msm.py --precision on CUDA).
 
@@ -25,27 +25,14 @@ from sklearn_musc.datasets import load_masks, load_mvtec
 from sklearn_musc.metrics import image_auroc, pixel_auroc
 
 
-def round_tf32(x):
-    """float32 -> TF32 (10-bit mantissa), round to nearest, ties away (cvt.rna.tf32.f32)."""
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
-
-
-def round_bf16(x):
-    return x.to(torch.bfloat16).to(torch.float32)
-
-
-ROUNDING = {"float32": lambda x: x, "tf32": round_tf32, "bfloat16": round_bf16}
-
-
-def patch_scores(features, rounding, k_bounds):
+def patch_scores(features, precision, k_bounds):
     n, n_sets, h, w, c = features.shape
     plan = _msm.Plan(n, h * w, c, k_bounds[1], torch.device("cpu"), 8 * 2**30)
     out = np.zeros((n, h, w), dtype=np.float64)
     with torch.inference_mode():
         for s in range(n_sets):
             Z = F.normalize(torch.as_tensor(features[:, s]).reshape(n, h * w, c).float(), dim=-1)
-            table = _msm.max_similarity_table(rounding(Z), plan, "float32")
+            table = _msm.max_similarity_table(Z, plan, precision)  # rounding emulated on the CPU
             out += _msm.interval_average(table, *k_bounds).reshape(n, h, w).numpy()
     return (out / n_sets).astype(np.float32)
 
@@ -70,8 +57,8 @@ def main(argv=None):
         masks = masks_to_input(list(load_masks(data)), vit.input_size_)
         k_bounds = _msm.interval_bounds(len(data.paths), 0.0, 0.3)
         exact = None
-        for name, rounding in ROUNDING.items():
-            scores = patch_scores(feats.features, rounding, k_bounds)
+        for name in _msm.PRECISIONS:
+            scores = patch_scores(feats.features, name, k_bounds)
             maps = F.interpolate(torch.from_numpy(scores)[:, None], size=vit.input_size_, mode="bilinear",
                                  align_corners=True)[:, 0].numpy()
             image = maps.reshape(len(maps), -1).max(1)

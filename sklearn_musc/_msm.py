@@ -29,15 +29,41 @@ def interval_bounds(n_images, topmin_min, topmin_max):
     return k_min, k_max
 
 
+def _available_ram():
+    """Bytes of RAM a new allocation can have: MemAvailable, within a cgroup v2 limit.
+
+    MemAvailable counts the page cache the kernel gives back on demand (MemFree
+    does not, and is small on a machine that has just read its images); in a
+    container, ``/proc/meminfo`` shows the host's memory, so the container's
+    own limit is applied too.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux, or a kernel before 3.14
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 8 * 2**30
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max":
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
 def default_memory_budget(device):
     """Half of the device's free memory (of the available RAM on the CPU)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):  # not Linux
-        return 4 * 2**30
+    return _available_ram() // 2
 
 
 class Plan:
@@ -89,6 +115,45 @@ def _matmul_precision(precision, device):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+def round_tf32(x):
+    """float32 -> TF32 values (10-bit mantissa), round to nearest, ties away."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def round_bf16(x):
+    """float32 -> bfloat16 values (8-bit mantissa), round to nearest even."""
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+def bf16_products_supported():
+    """Whether this torch has bfloat16 products with float32 outputs (2.8 and later)."""
+    a = torch.empty(1, 1, dtype=torch.bfloat16, device="meta")
+    try:
+        torch.mm(a, a, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _product_fn(precision, device):
+    """``(load_dtype, rounding, product)`` for one precision on one device.
+
+    On CUDA the tensor cores do the rounding: TF32 under ``allow_tf32``, and
+    bfloat16 inputs multiplied into float32 outputs (a bfloat16 output would
+    quantise ``x.y`` near 1, where the distances live, to steps of 2**-8).
+    Elsewhere the same input rounding is emulated and the products are exact
+    float32, so the numerical effect of a precision can be checked, and
+    tested, on any machine.
+    """
+    if device.type == "cuda" and precision == "bfloat16":
+        return torch.bfloat16, None, lambda a, b: torch.mm(a, b.T, out_dtype=torch.float32)
+    rounding = None
+    if device.type != "cuda":
+        rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(precision)
+    return torch.float32, rounding, lambda a, b: a @ b.T
+
+
 def max_similarity_table(Z, plan, precision="float32"):
     """Best matches between every ordered pair of images of one feature set.
 
@@ -100,6 +165,7 @@ def max_similarity_table(Z, plan, precision="float32"):
         Device, tile size and whether the features are moved at once.
     precision : {"float32", "tf32", "bfloat16"}
         Inputs of the products; sums and maxima are float32 in every case.
+        Off CUDA the input rounding of "tf32" and "bfloat16" is emulated.
 
     Returns
     -------
@@ -110,19 +176,16 @@ def max_similarity_table(Z, plan, precision="float32"):
     """
     n, L, C = Z.shape
     device = plan.device
-    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    dtype, rounding, product = _product_fn(precision, device)
     flat = Z.reshape(n * L, C)
+    if rounding is not None:
+        flat = rounding(flat.float())
     if plan.resident:
         flat = flat.to(device, dtype)
     table = torch.empty((n, L, n), dtype=torch.float32, device=device)
 
     def load(i0, i1):
         return flat[i0 * L : i1 * L].to(device, dtype, non_blocking=True)
-
-    def product(a, b):
-        if dtype == torch.bfloat16:
-            return torch.mm(a, b.T, out_dtype=torch.float32)
-        return a @ b.T
 
     def pair(a0, a1, b0, b1):
         # all images of [a0, a1) against all of [b0, b1), tile by tile

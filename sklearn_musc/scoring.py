@@ -92,8 +92,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:<i>".
     memory_budget : int or None, default=None
         Bytes the scoring of one subset may use on the device (host RAM for
-        the CPU); ``None`` means half of the free device memory (available
-        RAM). For ``n`` images of ``L`` patches of width ``C``, with
+        the CPU); ``None`` means half of the free device memory (of the
+        available RAM, page cache counted as free, within a container's
+        cgroup limit). For ``n`` images of ``L`` patches of width ``C``, with
         ``k = floor((n-1) topmin_max)``, one feature set at a time takes
         ``4 * (n*n*L + 3*n*k*L)`` bytes for the table of per-image best
         matches and its top ``k``, plus the features (``4*n*L*C``; streamed
@@ -105,8 +106,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Inputs of the matrix products. "float32" is exact (to float32
         rounding). On CUDA, "tf32" (10-bit mantissa) and "bfloat16" (8-bit
         mantissa) inputs run on tensor cores several times faster; sums,
-        maxima and distances stay float32. Their effect is measured in
-        ``benchmarks/RESULTS.md``.
+        maxima and distances stay float32; "bfloat16" needs torch >= 2.8.
+        Their effect is measured in ``benchmarks/RESULTS.md``.
 
     Attributes
     ----------
@@ -233,6 +234,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 "an image alone has nothing to be compared with"
             )
         self.device_ = resolve_device(self.device)
+        if self.precision == "bfloat16" and not _msm.bf16_products_supported():
+            raise ValueError(
+                f"precision='bfloat16' needs torch >= 2.8 (bfloat16 products with float32 "
+                f"outputs); this is torch {torch.__version__}: use 'tf32' or upgrade torch"
+            )
         if self.precision != "float32" and self.device_.type != "cuda":
             raise ValueError(f"precision={self.precision!r} needs a CUDA device; the CPU computes in float32")
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)

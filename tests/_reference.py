@@ -78,6 +78,36 @@ def msm_one_set(Z, topmin_min=0.0, topmin_max=0.3):
     return out
 
 
+def msm_sets(features, topmin_min=0.0, topmin_max=0.3):
+    """SPEC 3 for every set of (N, n_sets, h, w, C) features: (N, n_sets, h, w)."""
+    n, n_sets, h, w, c = features.shape
+    return np.stack(
+        [msm_one_set(features[:, s].reshape(n, h * w, c), topmin_min, topmin_max).reshape(n, h, w)
+         for s in range(n_sets)],
+        axis=1,
+    )
+
+
+def similarity_table(Z):
+    """Best dot product of each patch of image i with image j's: (N, L, N), -inf for j == i."""
+    Z = np.asarray(Z, dtype=np.float64)
+    n, L, _ = Z.shape
+    out = np.full((n, L, n), -np.inf)
+    for i in range(n):
+        for j in range(n):
+            if j != i:
+                out[i, :, j] = (Z[i] @ Z[j].T).max(axis=1)
+    return out
+
+
+def round_significand(x, bits, ties_even):
+    """Round to ``bits`` significant bits (TF32: 11, bfloat16: 8), in float64."""
+    m, e = np.frexp(np.asarray(x, dtype=np.float64))  # x = m * 2**e, 0.5 <= |m| < 1
+    scaled = np.abs(m) * 2.0**bits
+    rounded = np.round(scaled) if ties_even else np.floor(scaled + 0.5)
+    return np.ldexp(np.sign(m) * rounded / 2.0**bits, e)
+
+
 def bilinear_align_corners(grid, size):
     """Bilinear upsampling of a (h, w) grid to (H, W) with align_corners=True."""
     grid = np.asarray(grid, dtype=np.float64)
