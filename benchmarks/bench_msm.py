@@ -60,6 +60,17 @@ def baseline(Z, k_min, k_max):
     return out
 
 
+def baseline_sets(features, topmin_max, device):
+    """The reference's structure over every feature set: patch scores (N, h, w)."""
+    n, n_sets, h, w, C = features.shape
+    k_min, k_max = _msm.interval_bounds(n, 0.0, topmin_max)
+    total = torch.zeros(n, h * w, device=device)
+    for s in range(n_sets):
+        Z = torch.as_tensor(features[:, s]).reshape(n, h * w, C).to(device, torch.float32)
+        total += baseline(torch.nn.functional.normalize(Z, dim=-1), k_min, k_max)
+    return (total / n_sets).reshape(n, h, w).cpu().numpy()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="images")

@@ -5,6 +5,10 @@ RsCIN). Two yardsticks are measured in the same run: the backbone's bare
 forward time on the same number of preprocessed images, and MSM's arithmetic
 (n_sets x N(N-1)/2 x L^2 x C multiply-adds) at the machine's measured float32
 matrix-multiply rate; the pipeline's time is reported as a ratio to their sum.
+With ``--baseline``, MSM is also run in the reference's structure (per image,
+cdist against all others stacked, full sort) on the same features: its time,
+the speed-up of MSM and of the whole pipeline, and the largest difference of
+the patch scores (must be <= 1e-5 in float32).
 
     # MVTec AD bottle (83 images) with real DINOv2 ViT-S/14 weights, 224 px
     python benchmarks/bench_pipeline.py --images ../shared/data/mvtec_ad_lowres/bottle/test \\
@@ -15,7 +19,7 @@ matrix-multiply rate; the pipeline's time is reported as a ratio to their sum.
         --pretrained none --image-size 224
     # the paper's setting on a GPU (random weights: the time does not depend on them)
     python benchmarks/bench_pipeline.py --sizes 200 --backbone open_clip:ViT-L-14-336 --pretrained none \\
-        --image-size 518 --device cuda --precision bfloat16
+        --image-size 518 --device cuda --precision bfloat16 --baseline
 """
 
 import argparse
@@ -28,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-from bench_msm import best_time, matmul_rate, sync
+import numpy as np
+
+from bench_msm import baseline_sets, best_time, matmul_rate, sync
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
 from sklearn_musc._device import resolve_device
 
@@ -79,7 +85,15 @@ def run(images, args):
     gflop = n_sets * n * (n - 1) / 2 * L * L * dim * 2 / 1e9
     rate = matmul_rate(min(n, 20) * L, dim, device, 3)
     host, gpu = peak_memory(device)
-    return {
+    extra = {}
+    if args.baseline:
+        base_s, base = best_time(lambda: baseline_sets(feats.features, msm.topmin_max, device), device, 1)
+        extra = {
+            "baseline_msm_s": base_s, "msm_speedup": base_s / times["msm"],
+            "pipeline_speedup": (total - times["msm"] + base_s) / total,
+            "baseline_max_abs_diff": float(np.abs(base - msm.patch_scores_).max()),
+        }
+    return {**extra,
         "n_images": n, "device": str(device), "backbone": args.backbone, "image_size": vit.input_size_,
         "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "precision": precision,
         "seconds": times, "total_s": total, "images_per_s": n / total, "ms_per_image": 1000 * total / n,
@@ -98,6 +112,10 @@ def report(r, stream=sys.stdout):
           f"({r['msm_gflop']:.0f} GFLOP at {r['matmul_gflops']:.0f} GFLOP/s): ratio "
           f"{r['ratio_to_forward_plus_arith']:.2f}; peak memory {r['peak_host_gib']:.2f} GiB host"
           + (f", {r['peak_gpu_gib']:.2f} GiB GPU" if r["device"].startswith("cuda") else ""), file=stream)
+    if "baseline_msm_s" in r:
+        print(f"  reference-structure MSM: {r['baseline_msm_s']:.2f} s; MSM {r['msm_speedup']:.2f}x faster, "
+              f"whole pipeline {r['pipeline_speedup']:.2f}x; max abs diff of the patch scores "
+              f"{r['baseline_max_abs_diff']:.2e}", file=stream)
 
 
 def synthetic_images(n, size):
@@ -118,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--baseline", action="store_true", help="also time MSM in the reference's structure")
     parser.add_argument("--json", type=Path, help="append the results as JSON lines")
     parser.add_argument("--_one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -137,6 +156,9 @@ def main(argv=None):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(out.split("RESULT ", 1)[1]))
         report(results[-1])
+    for r in results:
+        if r["precision"] == "float32" and r.get("baseline_max_abs_diff", 0.0) > 1e-5:
+            raise SystemExit(f"the baseline's scores differ by {r['baseline_max_abs_diff']:.2e} > 1e-5")
     if args.json:
         with open(args.json, "a") as f:
             for r in results:
