@@ -30,9 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from bench_msm import baseline_sets, best_time, matmul_rate, sync
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer

@@ -45,7 +45,7 @@ def _available_ram():
         try:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            return 8 * 2**30
+            return 4 * 2**30
     try:
         with open("/sys/fs/cgroup/memory.max") as f:
             limit = f.read().strip()
