@@ -154,6 +154,23 @@ def _product_fn(precision, device):
     return torch.float32, rounding, lambda a, b: a @ b.T
 
 
+def _triangle(a0, a1):
+    """Image ranges ``(a0, a1, b0, b1)`` that cover each unordered pair once.
+
+    The two halves against each other, then each half on its own, so no
+    product is spent on the diagonal. A loop, not a recursive closure: a
+    closure that calls itself is a reference cycle, which would keep each
+    set's table and features alive until Python's cyclic collector runs.
+    """
+    todo = [(a0, a1)]
+    while todo:
+        a0, a1 = todo.pop()
+        if a1 - a0 >= 2:
+            mid = (a0 + a1) // 2
+            yield a0, mid, mid, a1
+            todo += [(a0, mid), (mid, a1)]
+
+
 def max_similarity_table(Z, plan, precision="float32"):
     """Best matches between every ordered pair of images of one feature set.
 
@@ -198,18 +215,9 @@ def max_similarity_table(Z, plan, precision="float32"):
                 table[t0:t1, :, u0:u1] = prod.amax(dim=3)
                 table[u0:u1, :, t0:t1] = prod.amax(dim=1).permute(1, 2, 0)
 
-    def triangle(a0, a1):
-        # each unordered pair once: the two halves against each other, then
-        # each half on its own (no wasted diagonal products)
-        if a1 - a0 < 2:
-            return
-        mid = (a0 + a1) // 2
-        pair(a0, mid, mid, a1)
-        triangle(a0, mid)
-        triangle(mid, a1)
-
     with _matmul_precision(precision, device):
-        triangle(0, n)
+        for ranges in _triangle(0, n):
+            pair(*ranges)
     idx = torch.arange(n, device=device)
     table[idx, :, idx] = -math.inf
     return table

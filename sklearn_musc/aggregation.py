@@ -178,7 +178,10 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             )
         kernel = _lnamd if self.aggregation == "mean" else _snamd
         per_layer = len(self.set_index_) // n_layers
-        out = np.empty((n, len(self.set_index_), h, w, dim), dtype=np.float32)
+        # Set-major in memory, (n, n_sets, ...) in shape: each feature set is
+        # one contiguous block, which MSM scores (or moves to its device)
+        # without gathering it first.
+        out = np.empty((len(self.set_index_), n, h, w, dim), dtype=np.float32).transpose(1, 0, 2, 3, 4)
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 chunk = torch.as_tensor(X.tokens[start : start + self.batch_size])

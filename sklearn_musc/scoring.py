@@ -20,15 +20,22 @@ from ._validation import as_feature_sets, check_contamination, check_finite
 
 __all__ = ["MutualScoringDetector"]
 
-def _score_batch(features, set_ids, k_bounds, device, budget, precision):
-    """Per-set patch scores of one (sub)batch: (n, n_sets, h, w) float32 array."""
-    n, _, h, w, dim = features.shape
+def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision):
+    """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
+
+    The images of a subset are gathered one set at a time, so no more than
+    one set is ever copied on the host; with all images, a set laid out
+    contiguously (as :class:`LNAMDTransformer` makes them) is not copied at all.
+    """
+    n = len(features) if rows is None else len(rows)
+    _, _, h, w, dim = features.shape
     L = h * w
     plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget)
     out = np.empty((n, len(set_ids), h, w), dtype=np.float32)
     with torch.inference_mode():
         for s in set_ids:
-            Z = torch.as_tensor(features[:, s]).reshape(n, L, dim)
+            part = features[:, s] if rows is None else features[rows, s]
+            Z = torch.as_tensor(part).reshape(n, L, dim)
             # Normalise where the set will live (idempotent for LNAMD output,
             # makes raw arrays safe for 2 - 2 x.y).
             Z = Z.to(device if plan.resident else "cpu", torch.float32)
@@ -244,9 +251,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n)
         set_ids = range(X.features.shape[1])
+        whole = len(self.subsets_) == 1
         jobs = (
             delayed(_score_batch)(
-                X.features[idx],
+                X.features,
+                None if whole else idx,
                 set_ids,
                 _msm.interval_bounds(len(idx), self.topmin_min, self.topmin_max),
                 self.device_,

@@ -98,3 +98,12 @@ def test_bad_inputs(rng):
     est.fit(make_tokens(rng))
     with pytest.raises(ValueError, match="fitted on 2 layers of width 16"):
         est.transform(make_tokens(rng, n_layers=3))
+
+
+def test_each_feature_set_is_contiguous_in_memory(rng):
+    """MSM reads one set at a time: LNAMD lays each out as one block."""
+    feats = LNAMDTransformer(r_list=(1, 3), device="cpu", batch_size=2).fit_transform(
+        make_tokens(rng, n=5, n_layers=2, h=4, w=4, dim=8))
+    assert feats.features.shape == (5, 4, 4, 4, 8)
+    for s in range(4):
+        assert feats.features[:, s].flags.c_contiguous

@@ -234,3 +234,51 @@ def test_pipeline_memory_caches_the_features(rng, tmp_path):
     np.testing.assert_array_equal(first, second)
     assert any(tmp_path.rglob("output.pkl"))
     np.testing.assert_array_equal(scores, pipe["msm"].anomaly_scores_)
+
+
+@pytest.mark.parametrize("n_subsets", [1, 2])
+def test_fit_copies_at_most_one_set_on_the_host(rng, n_subsets):
+    """The batch is not duplicated: subsets are gathered one set at a time."""
+    import tracemalloc
+
+    n, n_sets, h, w, C = 16, 6, 8, 8, 256
+    tokens = make_tokens(rng, n=n, n_layers=2, h=h, w=w, dim=C)
+    feats = LNAMDTransformer(r_list=(1, 3, 5), device="cpu").fit_transform(tokens)
+    assert feats.features.shape == (n, n_sets, h, w, C)
+    one_set = feats.features[:, 0].nbytes
+    det = MutualScoringDetector(device="cpu", n_subsets=n_subsets, random_state=0)
+    tracemalloc.start()
+    try:
+        det.fit(feats)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * one_set  # numpy allocations only; the whole batch is 6 sets
+    whole = MutualScoringDetector(device="cpu", n_subsets=n_subsets, random_state=0).fit(
+        np.ascontiguousarray(feats.features))
+    np.testing.assert_array_equal(det.set_patch_scores_, whole.set_patch_scores_)
+
+
+def test_the_kernel_leaves_no_reference_cycle(rng):
+    """Each set's table and features are freed when dropped, not at the next GC.
+
+    A cycle (a recursive closure, say) would keep every set of a fit alive
+    until Python's cyclic collector runs, far past the memory budget.
+    """
+    import gc
+    import weakref
+
+    Z = torch.nn.functional.normalize(torch.randn(9, 16, 8), dim=-1)
+    plan = _msm.Plan(9, 16, 8, 2, torch.device("cpu"), 2**26)
+    gc.collect()
+    gc.disable()
+    try:
+        table = _msm.max_similarity_table(Z, plan)
+        alive = weakref.ref(table)
+        del table
+        assert alive() is None
+        scores = _msm.interval_average(_msm.max_similarity_table(Z, plan), *_msm.interval_bounds(9, 0.0, 0.3))
+        assert scores.shape == (9, 16)
+        assert gc.collect() == 0  # nothing was left for the collector
+    finally:
+        gc.enable()
