@@ -13,8 +13,11 @@ import os
 
 import torch
 
+from . import _msm_fused
+
 _F32 = 4
 PRECISIONS = ("float32", "tf32", "bfloat16")
+ALGORITHMS = ("matmul", "fused")
 
 # Largest product tile: big enough for the matrix multiply to run at full
 # speed, small enough to stay in the CPU's caches / leave GPU memory free.
@@ -171,7 +174,7 @@ def _triangle(a0, a1):
             todo += [(a0, mid), (mid, a1)]
 
 
-def max_similarity_table(Z, plan, precision="float32"):
+def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
     """Best matches between every ordered pair of images of one feature set.
 
     Parameters
@@ -183,6 +186,10 @@ def max_similarity_table(Z, plan, precision="float32"):
     precision : {"float32", "tf32", "bfloat16"}
         Inputs of the products; sums and maxima are float32 in every case.
         Off CUDA the input rounding of "tf32" and "bfloat16" is emulated.
+    algorithm : {"matmul", "fused"}
+        "matmul": torch matrix products, whose tiles are reduced afterwards;
+        "fused": the Triton kernel of :mod:`._msm_fused`, which reduces each
+        block of products where it is computed.
 
     Returns
     -------
@@ -199,25 +206,43 @@ def max_similarity_table(Z, plan, precision="float32"):
         flat = rounding(flat.float())
     if plan.resident:
         flat = flat.to(device, dtype)
-    table = torch.empty((n, L, n), dtype=torch.float32, device=device)
 
     def load(i0, i1):
         return flat[i0 * L : i1 * L].to(device, dtype, non_blocking=True)
 
-    def pair(a0, a1, b0, b1):
-        # all images of [a0, a1) against all of [b0, b1), tile by tile
-        for t0 in range(a0, a1, plan.block):
-            t1 = min(a1, t0 + plan.block)
-            rows = load(t0, t1)
-            for u0 in range(b0, b1, plan.block):
-                u1 = min(b1, u0 + plan.block)
-                prod = product(rows, load(u0, u1)).view(t1 - t0, L, u1 - u0, L)
-                table[t0:t1, :, u0:u1] = prod.amax(dim=3)
-                table[u0:u1, :, t0:t1] = prod.amax(dim=1).permute(1, 2, 0)
+    def sweep(step):
+        # each unordered pair of images once, tile by tile; a row tile is
+        # loaded once for all the column tiles it meets
+        for a0, a1, b0, b1 in _triangle(0, n):
+            for t0 in range(a0, a1, plan.block):
+                t1 = min(a1, t0 + plan.block)
+                rows = load(t0, t1)
+                for u0 in range(b0, b1, plan.block):
+                    u1 = min(b1, u0 + plan.block)
+                    step(rows, load(u0, u1), t0, t1, u0, u1)
+
+    if algorithm == "fused":
+        table = torch.full((n, L, n), -math.inf, dtype=torch.float32, device=device)
+
+        def fused(rows, cols, t0, t1, u0, u1):
+            pairs = _msm_fused.all_pairs(t0, t1, u0, u1, device)
+            _msm_fused.launch(rows, cols, table, pairs, t0, u0, L, C, precision)
+
+        if plan.resident:  # one launch for every pair i < j
+            fused(flat, flat, 0, n, 0, n)
+        else:
+            sweep(fused)
+        return table
+
+    table = torch.empty((n, L, n), dtype=torch.float32, device=device)
+
+    def reduce(rows, cols, t0, t1, u0, u1):
+        prod = product(rows, cols).view(t1 - t0, L, u1 - u0, L)
+        table[t0:t1, :, u0:u1] = prod.amax(dim=3)
+        table[u0:u1, :, t0:t1] = prod.amax(dim=1).permute(1, 2, 0)
 
     with _matmul_precision(precision, device):
-        for ranges in _triangle(0, n):
-            pair(*ranges)
+        sweep(reduce)
     idx = torch.arange(n, device=device)
     table[idx, :, idx] = -math.inf
     return table

@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _msm
+from . import _msm, _msm_fused
 from ._batch import ImageScores
 from ._device import resolve_device
 from ._threshold import threshold_scores
@@ -20,7 +20,7 @@ from ._validation import as_feature_sets, check_contamination, check_finite
 
 __all__ = ["MutualScoringDetector"]
 
-def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision):
+def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision, algorithm):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
     The images of a subset are gathered one set at a time, so no more than
@@ -41,7 +41,7 @@ def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision):
             Z = Z.to(device if plan.resident else "cpu", torch.float32)
             check_finite(Z, "features")
             Z = F.normalize(Z, dim=-1)
-            table = _msm.max_similarity_table(Z, plan, precision)
+            table = _msm.max_similarity_table(Z, plan, precision, algorithm)
             out[:, s] = _msm.interval_average(table, *k_bounds).reshape(n, h, w).cpu().numpy()
             del table
     return out
@@ -115,6 +115,16 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         mantissa) inputs run on tensor cores several times faster; sums,
         maxima and distances stay float32; "bfloat16" needs torch >= 2.8.
         Their effect is measured in ``benchmarks/RESULTS.md``.
+    algorithm : {"matmul", "fused"}, default="matmul"
+        How the best matches are computed. "matmul": torch matrix products
+        of tiles of images, whose row and column maxima are taken afterwards
+        (any device). "fused": a Triton kernel (CUDA only; Triton comes with
+        CUDA builds of torch) that takes the maxima of each block of
+        products where it is computed, so no product tile is written to GPU
+        memory; made for "tf32" and "bfloat16". Both give the same scores
+        (to float32 rounding). "fused" has been checked with Triton's
+        interpreter and compiled for sm_80/sm_90, but not yet timed on a
+        GPU, hence not the default (see ``benchmarks/RESULTS.md``).
 
     Attributes
     ----------
@@ -172,6 +182,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         device="auto",
         memory_budget=None,
         precision="float32",
+        algorithm="matmul",
     ):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
@@ -183,6 +194,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.device = device
         self.memory_budget = memory_budget
         self.precision = precision
+        self.algorithm = algorithm
 
     def _check_params(self):
         if not 0.0 <= self.topmin_min < self.topmin_max <= 1.0:
@@ -199,6 +211,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"max_subset_size must be None or an int >= 2, got {self.max_subset_size!r}")
         if self.precision not in _msm.PRECISIONS:
             raise ValueError(f"precision must be one of {_msm.PRECISIONS}, got {self.precision!r}")
+        if self.algorithm not in _msm.ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {_msm.ALGORITHMS}, got {self.algorithm!r}")
         if self.memory_budget is not None and (
             not isinstance(self.memory_budget, numbers.Integral) or self.memory_budget <= 0
         ):
@@ -248,6 +262,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             )
         if self.precision != "float32" and self.device_.type != "cuda":
             raise ValueError(f"precision={self.precision!r} needs a CUDA device; the CPU computes in float32")
+        if self.algorithm == "fused" and (reason := _msm_fused.unavailable_reason(self.device_)):
+            raise ValueError(reason)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n)
         set_ids = range(X.features.shape[1])
@@ -261,6 +277,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 self.device_,
                 budget,
                 self.precision,
+                self.algorithm,
             )
             for idx in self.subsets_
         )
