@@ -10,6 +10,8 @@ N(N-1)/2 image pairs x L^2 x C multiply-adds.
 
     python benchmarks/bench_msm.py                      # N=64, L=196, C=768 on the CPU
     python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda
+    python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda \
+        --precision bfloat16 --algorithm fused     # the Triton kernel (autotuned in the warm-up)
 """
 
 import argparse
@@ -20,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from sklearn_musc import MutualScoringDetector, _msm
+from sklearn_musc import MutualScoringDetector, _msm, _msm_fused
 from sklearn_musc._device import resolve_device
 
 
@@ -78,6 +80,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=768, help="feature width")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="float32", choices=_msm.PRECISIONS)
+    parser.add_argument("--algorithm", default="matmul", choices=_msm.ALGORITHMS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true", help="only time this library")
     args = parser.parse_args(argv)
@@ -97,13 +100,16 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"size: N={n}, L={L}, C={C}, one feature set, precision {args.precision}")
+    print(f"size: N={n}, L={L}, C={C}, one feature set, precision {args.precision}, algorithm {args.algorithm}")
     block = _msm.Plan(n, L, C, k_max, device, _msm.default_memory_budget(device)).block
     rate = matmul_rate(block * L, C, device, args.repeat)
     print(f"float32 matmul rate ({block * L} x {C} x {block * L}): {rate:.1f} GFLOP/s")
 
-    det = MutualScoringDetector(device=str(device), precision=args.precision)
-    det.fit(features)  # warm-up
+    det = MutualScoringDetector(device=str(device), precision=args.precision, algorithm=args.algorithm)
+    det.fit(features)  # warm-up (and, for "fused" on CUDA, Triton's autotuning)
+    if args.algorithm == "fused" and device.type == "cuda":
+        tuned = _msm_fused._kernel("float32" if args.precision == "float32" else "tensor_cores")
+        print(f"fused kernel: autotuner chose {tuned.best_config}")
     ours_s, det = best_time(lambda: det.fit(features), device, args.repeat)
     gflop = n * (n - 1) / 2 * L * L * C * 2 / 1e9
     print(f"sklearn-musc: {ours_s:.3f} s, {gflop / ours_s:.1f} GFLOP/s = "

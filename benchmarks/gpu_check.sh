@@ -3,7 +3,8 @@
 # (tests/test_devices.py checks the CUDA paths against float64 references), MSM
 # against the reference's structure at the paper's size in each precision, and
 # the whole pipeline (open_clip ViT-L-14-336 at 518 px, N = 200, random
-# weights: the time does not depend on them) with the baseline in the same run.
+# weights: the time does not depend on them) with the baseline in the same run;
+# MSM both as torch products ("matmul") and as the fused Triton kernel ("fused").
 # Logs and JSON lines go to $OUT (the device tool brings that folder back).
 #
 #   bash benchmarks/gpu_check.sh [tests] [msm] [pipeline]   # default: all three
@@ -44,10 +45,13 @@ fi
 
 if [[ $stages == *msm* ]]; then
     if [[ -n ${QUICK:-} ]]; then size=(--n 24 --patches 64 --dim 128); else size=(--n 200 --patches 1369 --dim 1024); fi
-    for precision in float32 tf32 bfloat16; do
-        [[ $DEVICE == cpu && $precision != float32 ]] && continue  # reduced precisions are CUDA's
-        python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --precision "$precision" --repeat 3 \
-            2>&1 | tee -a "$OUT/msm.log" || status=1
+    for precision in bfloat16 tf32 float32; do
+        for algorithm in fused matmul; do
+            # reduced precisions and the Triton kernel are CUDA's
+            [[ $DEVICE == cpu && ($precision != float32 || $algorithm == fused) ]] && continue
+            python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --precision "$precision" \
+                --algorithm "$algorithm" --repeat 3 2>&1 | tee -a "$OUT/msm.log" || status=1
+        done
     done
 fi
 
@@ -57,12 +61,15 @@ if [[ $stages == *pipeline* ]]; then
     else
         model=(--sizes 200 --backbone open_clip:ViT-L-14-336 --image-size 518)
     fi
-    for precision in bfloat16 tf32 float32; do
-        [[ $DEVICE == cpu && $precision != float32 ]] && continue
-        baseline=()
-        [[ $precision == bfloat16 || $DEVICE == cpu ]] && baseline=(--baseline)
+    # the target first (bfloat16, fused, with the baseline), then what it is compared with
+    for run in "bfloat16 fused --baseline" "bfloat16 matmul" "tf32 fused" "float32 matmul"; do
+        read -r precision algorithm baseline <<<"$run"
+        if [[ $DEVICE == cpu ]]; then
+            [[ $precision != float32 ]] && continue
+            baseline=--baseline
+        fi
         python3 benchmarks/bench_pipeline.py "${model[@]}" --pretrained none --device "$DEVICE" \
-            --precision "$precision" "${baseline[@]}" --json "$OUT/pipeline.jsonl" 2>&1 \
+            --precision "$precision" --algorithm "$algorithm" $baseline --json "$OUT/pipeline.jsonl" 2>&1 \
             | tee -a "$OUT/pipeline.log" || status=1
     done
 fi

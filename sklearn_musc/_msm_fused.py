@@ -192,11 +192,11 @@ def all_pairs(a0, a1, b0, b1, device):
     """int32 (2, n_pairs): local indices of every image of [a0, a1) with every one of [b0, b1).
 
     When the two ranges are the same, only the pairs ``i < j`` (each unordered
-    pair once, no diagonal).
+    pair once, no diagonal). Built without a boolean mask, whose size the host
+    would have to wait for.
     """
+    if (a0, a1) == (b0, b1):
+        return torch.triu_indices(a1 - a0, a1 - a0, offset=1, device=device).to(torch.int32)
     ia = torch.arange(a1 - a0, device=device, dtype=torch.int32)
     jb = torch.arange(b1 - b0, device=device, dtype=torch.int32)
-    pairs = torch.cartesian_prod(ia, jb).T
-    if (a0, a1) == (b0, b1):
-        pairs = pairs[:, pairs[0] < pairs[1]]
-    return pairs.contiguous()
+    return torch.cartesian_prod(ia, jb).T.contiguous()

@@ -187,10 +187,11 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
                 chunk = torch.as_tensor(X.tokens[start : start + self.batch_size])
                 chunk = chunk.to(self.device_, torch.float32)
                 check_finite(chunk, "tokens")
+                stop = start + chunk.shape[0]
                 for layer in range(n_layers):
                     sets = kernel(chunk[:, layer], self._r_list)
-                    stop = start + chunk.shape[0]
-                    out[start:stop, layer * per_layer : (layer + 1) * per_layer] = sets.cpu().numpy()
+                    for k in range(per_layer):  # straight into the contiguous block of each set
+                        torch.from_numpy(out[start:stop, layer * per_layer + k]).copy_(sets[:, k])
         return FeatureSets(
             features=out,
             set_index=self.set_index_,

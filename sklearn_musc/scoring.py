@@ -16,7 +16,7 @@ from . import _msm, _msm_fused
 from ._batch import ImageScores
 from ._device import resolve_device
 from ._threshold import threshold_scores
-from ._validation import as_feature_sets, check_contamination, check_finite
+from ._validation import as_feature_sets, check_contamination
 
 __all__ = ["MutualScoringDetector"]
 
@@ -26,25 +26,32 @@ def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision, a
     The images of a subset are gathered one set at a time, so no more than
     one set is ever copied on the host; with all images, a set laid out
     contiguously (as :class:`LNAMDTransformer` makes them) is not copied at all.
+    Scores and the finiteness check stay on the device until every set is
+    queued: nothing waits for the GPU inside the loop, so it computes one
+    set while the host moves the next one.
     """
     n = len(features) if rows is None else len(rows)
     _, _, h, w, dim = features.shape
     L = h * w
     plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget)
-    out = np.empty((n, len(set_ids), h, w), dtype=np.float32)
+    where = device if plan.resident else torch.device("cpu")
     with torch.inference_mode():
+        scores = torch.empty((n, len(set_ids), L), dtype=torch.float32, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=where)
         for s in set_ids:
             part = features[:, s] if rows is None else features[rows, s]
             Z = torch.as_tensor(part).reshape(n, L, dim)
             # Normalise where the set will live (idempotent for LNAMD output,
             # makes raw arrays safe for 2 - 2 x.y).
-            Z = Z.to(device if plan.resident else "cpu", torch.float32)
-            check_finite(Z, "features")
+            Z = Z.to(where, torch.float32, non_blocking=True)
+            finite &= Z.isfinite().all()
             Z = F.normalize(Z, dim=-1)
             table = _msm.max_similarity_table(Z, plan, precision, algorithm)
-            out[:, s] = _msm.interval_average(table, *k_bounds).reshape(n, h, w).cpu().numpy()
+            scores[:, s] = _msm.interval_average(table, *k_bounds)
             del table
-    return out
+        if not bool(finite):  # NaN scores are refused, not returned
+            raise ValueError("features contains NaN or infinity")
+        return scores.reshape(n, len(set_ids), h, w).cpu().numpy()
 
 
 def _fingerprint(features):

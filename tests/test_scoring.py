@@ -207,6 +207,12 @@ def test_bad_inputs(rng):
     bad[2, 0, 1, 1, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinity"):
         det.fit(bad)
+    bad[2, 0, 1, 1, 0] = 0.0
+    bad[3, -1, 0, 2, 1] = np.nan  # the last set, checked once every set is queued
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        det.fit(bad)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        MutualScoringDetector(device="cpu", max_subset_size=2, random_state=0).fit(bad)
     with pytest.raises(ValueError, match="shape"):
         det.fit(np.zeros((3, 4, 4)))
     with pytest.raises(TypeError, match="LNAMDTransformer"):
