@@ -1,4 +1,4 @@
-"""Effect of MSM's reduced-precision products on real scores, emulated on the CPU.
+"""Effect of reduced precisions on real scores, emulated on the CPU.
 
 ``MutualScoringDetector(precision="tf32" | "bfloat16")`` rounds the inputs of
 the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
@@ -6,8 +6,10 @@ the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
 distances in float32. The rounding is deterministic, so it can be reproduced
 exactly on any machine: off CUDA the kernel rounds the features the same way
 and multiplies them in float32; this script compares patch scores, image scores and the
-metrics with the exact float32 run. It measures the effect on the numbers,
-not the speed (that needs a GPU: bench_msm.py --precision on CUDA).
+metrics with the exact float32 run. Each precision is also run on feature
+sets stored in float16 (``LNAMDTransformer(dtype="float16")``, which halves
+their memory and their traffic to a GPU). It measures the effect on the
+numbers, not the speed (that needs a GPU: bench_msm.py --precision on CUDA).
 
     python benchmarks/precision_effect.py --data-root ../shared/data/mvtec_ad_lowres \\
         --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors --categories bottle screw
@@ -48,26 +50,27 @@ def main(argv=None):
 
     vit = ViTPatchTransformer(backbone=args.backbone, pretrained=args.weights, image_size=args.image_size,
                               device="cpu", progress=False).fit()
-    print("| category | precision | max abs diff patch score | max abs diff image score "
+    print("| category | features | products | max abs diff patch score | max abs diff image score "
           "| image AUROC | pixel AUROC |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for category in args.categories:
         data = load_mvtec(args.data_root, category)
         feats = LNAMDTransformer(device="cpu").fit_transform(vit.transform(data.paths))
         masks = masks_to_input(list(load_masks(data)), vit.input_size_)
         k_bounds = _msm.interval_bounds(len(data.paths), 0.0, 0.3)
         exact = None
-        for name in _msm.PRECISIONS:
-            scores = patch_scores(feats.features, name, k_bounds)
-            maps = F.interpolate(torch.from_numpy(scores)[:, None], size=vit.input_size_, mode="bilinear",
-                                 align_corners=True)[:, 0].numpy()
-            image = maps.reshape(len(maps), -1).max(1)
-            if exact is None:
-                exact = scores, image
-            print(f"| {category} | {name} | {np.abs(scores - exact[0]).max():.2e} "
-                  f"| {np.abs(image - exact[1]).max():.2e} | {image_auroc(data.labels, image):.4f} "
-                  f"| {pixel_auroc(masks, maps):.4f} |")
-
+        for storage in (np.float32, np.float16):
+            stored = feats.features.astype(storage, copy=False)  # = LNAMDTransformer(dtype=storage)
+            for name in _msm.PRECISIONS:
+                scores = patch_scores(stored, name, k_bounds)
+                maps = F.interpolate(torch.from_numpy(scores)[:, None], size=vit.input_size_, mode="bilinear",
+                                     align_corners=True)[:, 0].numpy()
+                image = maps.reshape(len(maps), -1).max(1)
+                if exact is None:
+                    exact = scores, image
+                print(f"| {category} | {np.dtype(storage).name} | {name} | {np.abs(scores - exact[0]).max():.2e} "
+                      f"| {np.abs(image - exact[1]).max():.2e} | {image_auroc(data.labels, image):.4f} "
+                      f"| {pixel_auroc(masks, maps):.4f} |", flush=True)
 
 if __name__ == "__main__":
     main()

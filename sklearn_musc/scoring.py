@@ -41,9 +41,11 @@ def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision, a
         for s in set_ids:
             part = features[:, s] if rows is None else features[rows, s]
             Z = torch.as_tensor(part).reshape(n, L, dim)
+            if Z.dtype not in (torch.float16, torch.float32):
+                Z = Z.float()
             # Normalise where the set will live (idempotent for LNAMD output,
             # makes raw arrays safe for 2 - 2 x.y).
-            Z = Z.to(where, torch.float32, non_blocking=True)
+            Z = Z.to(where, non_blocking=True).float()  # moved as stored (float16: half the bytes)
             finite &= Z.isfinite().all()
             Z = F.normalize(Z, dim=-1)
             table = _msm.max_similarity_table(Z, plan, precision, algorithm)

@@ -58,7 +58,8 @@ def test_metadata_passes_through_and_layers_name_the_sets(rng):
 
 def test_sklearn_contract(rng):
     est = LNAMDTransformer(r_list=[1, 3])
-    assert est.get_params() == {"r_list": [1, 3], "aggregation": "mean", "device": "auto", "batch_size": 32}
+    assert est.get_params() == {
+        "r_list": [1, 3], "aggregation": "mean", "device": "auto", "batch_size": 32, "dtype": "float32"}
     assert clone(est).r_list == [1, 3]
     with pytest.raises(NotFittedError):
         est.transform(make_tokens(rng))
@@ -78,6 +79,8 @@ def test_sklearn_contract(rng):
         ({"device": "gpu"}, "device"),
         ({"batch_size": 0}, "batch_size"),
         ({"r_list": (11,)}, "larger than"),
+        ({"dtype": "float64"}, "dtype must be 'float32' or 'float16'"),
+        ({"dtype": "half-ish"}, "dtype"),
     ],
 )
 def test_bad_parameters_are_named(rng, params, match):
@@ -100,10 +103,21 @@ def test_bad_inputs(rng):
         est.transform(make_tokens(rng, n_layers=3))
 
 
-def test_each_feature_set_is_contiguous_in_memory(rng):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_each_feature_set_is_contiguous_in_memory(rng, dtype):
     """MSM reads one set at a time: LNAMD lays each out as one block."""
-    feats = LNAMDTransformer(r_list=(1, 3), device="cpu", batch_size=2).fit_transform(
+    feats = LNAMDTransformer(r_list=(1, 3), device="cpu", batch_size=2, dtype=dtype).fit_transform(
         make_tokens(rng, n=5, n_layers=2, h=4, w=4, dim=8))
-    assert feats.features.shape == (5, 4, 4, 4, 8)
+    assert feats.features.shape == (5, 4, 4, 4, 8) and feats.features.dtype == dtype
     for s in range(4):
         assert feats.features[:, s].flags.c_contiguous
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "similarity"])
+def test_float16_storage_is_the_float32_result_rounded(rng, aggregation):
+    tokens = make_tokens(rng, n=5, n_layers=2, h=4, w=5, dim=16)
+    exact = LNAMDTransformer(aggregation=aggregation, device="cpu", batch_size=2).fit_transform(tokens)
+    half = LNAMDTransformer(aggregation=aggregation, device="cpu", batch_size=2, dtype=np.float16).fit_transform(tokens)
+    assert half.features.dtype == np.float16 and half.features.nbytes * 2 == exact.features.nbytes
+    assert np.array_equal(half.features, exact.features.astype(np.float16))
+    assert half.set_index == exact.set_index

@@ -11,18 +11,10 @@ import pytest
 import torch
 
 import _reference as ref
-from conftest import make_tokens
+from conftest import assert_similarity_table, make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, _msm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# significant bits of the product inputs, and whether ties round to even
-ROUNDING = {"tf32": (11, False), "bfloat16": (8, True)}
-
-
-def unit_features(rng, n=7, L=12, C=40):
-    base = rng.normal(size=(1, L, C))
-    Z = base + 0.8 * rng.normal(size=(n, L, C))
-    return (Z / np.linalg.norm(Z, axis=-1, keepdims=True)).astype(np.float32)
 
 
 @pytest.mark.parametrize("precision", _msm.PRECISIONS)
@@ -33,22 +25,7 @@ def test_similarity_table_in_each_precision(rng, device, precision):
     dev = torch.device(device)
     plan = _msm.Plan(n, L, C, 2, dev, 2**28)
     table = _msm.max_similarity_table(torch.from_numpy(Z), plan, precision)
-    assert table.device.type == device and table.dtype == torch.float32
-    table = table.cpu().numpy()
-    exact = ref.similarity_table(Z)
-    off = ~np.isinf(exact)
-    assert np.isneginf(table[~off]).all()
-    if precision == "float32":
-        assert np.abs(table[off] - exact[off]).max() < 1e-5
-        return
-    bits, ties_even = ROUNDING[precision]
-    # |x.y - round(x).round(y)| <= 2u for unit vectors, u = 2**-(bits-1) even if truncated
-    assert np.abs(table[off] - exact[off]).max() <= 2.0 ** (2 - bits) + 1e-5
-    if device == "cuda" and precision == "tf32":
-        return  # cuBLAS may truncate rather than round to TF32: the bound above is the test
-    rounded = ref.similarity_table(ref.round_significand(Z, bits, ties_even))
-    assert np.abs(table[off] - rounded[off]).max() < 1e-5
-    assert np.abs(table[off] - exact[off]).max() > 1e-6  # the inputs were rounded
+    assert_similarity_table(table, Z, precision, device)
 
 
 def test_bfloat16_products_need_a_recent_torch(rng, monkeypatch):

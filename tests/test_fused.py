@@ -21,13 +21,12 @@ import pytest
 import torch
 
 import _reference as ref
-from conftest import make_tokens
+from conftest import assert_similarity_table, make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, _msm, _msm_fused
 
 triton = pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-ROUNDING = {"tf32": (11, False), "bfloat16": (8, True)}
 SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}  # per block, A100 / H100
 
 
@@ -60,11 +59,6 @@ def run_on(interpreter):
     return run
 
 
-def unit_features(rng, n, L, C):
-    Z = rng.normal(size=(1, L, C)) + 0.8 * rng.normal(size=(n, L, C))
-    return (Z / np.linalg.norm(Z, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def check_table(device, shape, streamed, precision):
     n, L, C = shape
     Z = unit_features(np.random.default_rng(0), n, L, C)
@@ -74,20 +68,7 @@ def check_table(device, shape, streamed, precision):
     plan = _msm.Plan(n, L, C, 2, torch.device(device), budget)
     assert plan.resident != streamed and (plan.block < n) == streamed
     table = _msm.max_similarity_table(torch.from_numpy(Z), plan, precision, "fused")
-    assert table.device.type == device and table.dtype == torch.float32
-    table = table.cpu().numpy()
-    exact = ref.similarity_table(Z)
-    off = ~np.isinf(exact)
-    assert np.isneginf(table[~off]).all()
-    if precision == "float32":
-        assert np.abs(table[off] - exact[off]).max() < 1e-5
-        return
-    bits, ties_even = ROUNDING[precision]
-    assert np.abs(table[off] - exact[off]).max() <= 2.0 ** (2 - bits) + 1e-5
-    if device == "cuda" and precision == "tf32":
-        return  # the tensor cores may truncate rather than round to TF32: the bound is the test
-    rounded = ref.similarity_table(ref.round_significand(Z, bits, ties_even))
-    assert np.abs(table[off] - rounded[off]).max() < 1e-5
+    assert_similarity_table(table, Z, precision, device)
 
 
 @pytest.mark.parametrize("precision", _msm.PRECISIONS)

@@ -288,3 +288,18 @@ def test_the_kernel_leaves_no_reference_cycle(rng):
         assert gc.collect() == 0  # nothing was left for the collector
     finally:
         gc.enable()
+
+
+def test_float16_features_are_scored_as_their_values(rng):
+    """float16 storage (LNAMDTransformer(dtype="float16")) is scored like the
+    same values (re-normalised, as any input) in float64, and close to the
+    float32 features' scores."""
+    tokens = make_tokens(rng, n=7, h=4, w=4, dim=16)
+    exact = LNAMDTransformer(r_list=(1, 3), device="cpu").fit_transform(tokens)
+    half = LNAMDTransformer(r_list=(1, 3), device="cpu", dtype="float16").fit_transform(tokens)
+    det = MutualScoringDetector(device="cpu").fit(half)
+    values = half.features.astype(np.float64)
+    values /= np.linalg.norm(values, axis=-1, keepdims=True)
+    assert np.abs(det.set_patch_scores_ - ref.msm_sets(values)).max() < 1e-5
+    full = MutualScoringDetector(device="cpu").fit(exact)
+    assert 0 < np.abs(det.anomaly_scores_ - full.anomaly_scores_).max() < 2e-3
