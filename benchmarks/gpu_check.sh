@@ -61,16 +61,18 @@ if [[ $stages == *pipeline* ]]; then
     else
         model=(--sizes 200 --backbone open_clip:ViT-L-14-336 --image-size 518)
     fi
-    # the target first (bfloat16, fused, with the baseline), then what it is compared with
-    for run in "bfloat16 fused --baseline" "bfloat16 matmul" "tf32 fused" "float32 matmul"; do
-        read -r precision algorithm baseline <<<"$run"
+    # the target first (bfloat16, fused, float16 feature sets, with the baseline), then
+    # what it is compared with
+    for run in "bfloat16 fused float16 --baseline" "bfloat16 matmul float32" "tf32 fused float16" \
+        "float32 matmul float32"; do
+        read -r precision algorithm storage baseline <<<"$run"
         if [[ $DEVICE == cpu ]]; then
             [[ $precision != float32 ]] && continue
             baseline=--baseline
         fi
         python3 benchmarks/bench_pipeline.py "${model[@]}" --pretrained none --device "$DEVICE" \
-            --precision "$precision" --algorithm "$algorithm" $baseline --json "$OUT/pipeline.jsonl" 2>&1 \
-            | tee -a "$OUT/pipeline.log" || status=1
+            --precision "$precision" --algorithm "$algorithm" --features-dtype "$storage" $baseline \
+            --json "$OUT/pipeline.jsonl" 2>&1 | tee -a "$OUT/pipeline.log" || status=1
     done
 fi
 exit $status

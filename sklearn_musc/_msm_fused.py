@@ -10,11 +10,11 @@ folds its row maxima into ``table[i, :, j]`` and its column maxima into
 depend on scheduling). Each unordered pair of images is still multiplied
 once.
 
-Triton is optional (CUDA builds of torch bring it). With
-``TRITON_INTERPRET=1`` the same kernel runs on CPU tensors (Triton's
-interpreter), which is how the tests check it on machines without a GPU;
-:func:`compile_for` builds it for a GPU architecture without one, to check
-what the compiler makes of it.
+Triton is optional (CUDA builds of torch bring it). In a process started
+with ``TRITON_INTERPRET=1`` (Triton fixes the mode when it is imported) the
+same kernel runs on CPU tensors in Triton's interpreter, which is how the
+tests check it on machines without a GPU; :func:`compile_for` builds it for
+a GPU architecture without one, to check what the compiler makes of it.
 """
 
 # Annotations stay strings: Triton reads "tl.constexpr" from them, and the
@@ -80,7 +80,7 @@ def _pair_max(
     ``A``, ``B``: features of the images ``a_off + ia`` and ``b_off + jb``
     (``L`` rows of ``C`` each); ``T``: the ``(n_table, L, n_table)`` table.
     Not decorated here: :func:`_kernel` applies ``triton.jit`` when it is
-    first needed, so the interpreter can be switched on after import.
+    first needed (the module imports without Triton).
     """
     pid = tl.program_id(0)
     nbm = tl.cdiv(L, BM)
@@ -124,13 +124,12 @@ def _pair_max(
 
 
 def _kernel(configs=None):
-    """The Triton kernel, built on first use (interpreted or compiled, as Triton is set).
+    """The Triton kernel, built on first use (interpreted or compiled, as Triton was started).
 
     ``configs``: a key of :data:`CONFIGS` for the autotuned kernel, whose
     choices Triton keeps in its on-disk cache; None for the plain kernel.
     """
-    key = (configs, interpreting())
-    if key not in _kernels:
+    if configs not in _kernels:
         kernel = triton.jit(_pair_max)
         if configs is not None:
             tried = [
@@ -138,8 +137,8 @@ def _kernel(configs=None):
                 for bm, bn, bk, w, s in CONFIGS[configs]
             ]
             kernel = triton.autotune(tried, key=["L", "C", "PREC"], cache_results=True)(kernel)
-        _kernels[key] = kernel
-    return _kernels[key]
+        _kernels[configs] = kernel
+    return _kernels[configs]
 
 
 def launch(A, B, T, pairs, a_off, b_off, L, C, precision):
