@@ -102,8 +102,8 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         float32). "float16" halves their memory (``2 * N * n_sets * L * C``
         bytes instead of 4) and the traffic to and from a GPU; unit-norm
         features lose nothing to its range, and its 11-bit significand is
-        TF32's. On MVTec AD it moves image scores by about 1e-4
-        (``benchmarks/RESULTS.md``).
+        TF32's. On MVTec AD bottle and screw it moves image scores by at
+        most 3e-5 (``benchmarks/RESULTS.md``).
 
     Attributes
     ----------
