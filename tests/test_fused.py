@@ -167,6 +167,8 @@ def test_compiled_kernel_uses_the_right_units_and_does_not_spill(arch, precision
         # the maxima leave as atomic reductions: no product tile is stored
         assert _count(sass, "STG") == 0 and _count(sass, "REDG") + _count(sass, "RED") > 0
     assert fitting >= 2
-    # Hopper is the target: every shape the autotuner may pick keeps its
-    # accumulators in registers; on Ampere the largest may spill a little
-    assert not spilling if arch == 90 else len(spilling) < fitting - 1, spilling
+    # Most shapes keep their accumulators in registers (with Triton 3.8 and
+    # 3.9 all do on sm_90; on sm_80 the 128 x 256 ones spill a little). Not
+    # all: a shape at the 255-register limit may spill under another Triton
+    # release, and the autotuner then simply finds it slower.
+    assert 2 * len(spilling) <= fitting, spilling
