@@ -21,6 +21,7 @@ a GPU architecture without one, to check what the compiler makes of it.
 # module still imports where Triton is missing.
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -127,7 +128,8 @@ def _kernel(configs=None):
     """The Triton kernel, built on first use (interpreted or compiled, as Triton was started).
 
     ``configs``: a key of :data:`CONFIGS` for the autotuned kernel, whose
-    choices Triton keeps in its on-disk cache; None for the plain kernel.
+    choices Triton (3.3 and later) keeps in its on-disk cache; None for the
+    plain kernel.
     """
     if configs not in _kernels:
         kernel = triton.jit(_pair_max)
@@ -136,7 +138,9 @@ def _kernel(configs=None):
                 triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in CONFIGS[configs]
             ]
-            kernel = triton.autotune(tried, key=["L", "C", "PREC"], cache_results=True)(kernel)
+            # the on-disk cache of the choices came with Triton 3.3
+            cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+            kernel = triton.autotune(tried, key=["L", "C", "PREC"], **cache)(kernel)
         _kernels[configs] = kernel
     return _kernels[configs]
 

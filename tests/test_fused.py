@@ -132,6 +132,16 @@ def test_fused_needs_cuda_and_triton(monkeypatch, rng):
         MutualScoringDetector(algorithm="cublas").fit(feats)
 
 
+@pytest.mark.parametrize("configs", sorted(_msm_fused.CONFIGS))
+def test_autotuned_kernel_tries_the_listed_shapes(configs):
+    """The CUDA kernel is built (on any machine) with every listed shape as a choice."""
+    tuned = _msm_fused._kernel(configs)
+    assert tuned is _msm_fused._kernel(configs)  # built once
+    tried = [(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages) for c in tuned.configs]
+    assert tried == list(_msm_fused.CONFIGS[configs])
+    assert tuned.keys == ["L", "C", "PREC"]
+
+
 def _sass(kernel):
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
