@@ -12,27 +12,11 @@ thread, stack bytes and local loads/stores (register spills), and the count of m
 """
 
 import argparse
-import os
 import re
-import subprocess
-import tempfile
 
 import triton
 
 from sklearn_musc import _msm_fused
-
-SHARED_MEMORY = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}  # bytes per block
-
-
-def machine_code(kernel):
-    """(SASS text, resource-usage text) of a compiled kernel."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return sass, usage
 
 
 def main(argv=None):
@@ -47,13 +31,13 @@ def main(argv=None):
             configs = _msm_fused.CONFIGS["float32" if precision == "float32" else "tensor_cores"]
             for block in configs:
                 kernel = _msm_fused.compile_for(arch, precision, block, C=args.dim)
-                sass, usage = machine_code(kernel)
+                sass, usage = _msm_fused.machine_code(kernel)
                 regs = re.search(r"REG:(\d+)", usage)
                 stack = re.search(r"STACK:(\d+)", usage)
                 spills = len(re.findall(r"\b(?:LDL|STL)\b", sass))
                 ops = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HGMMA", "HMMA", "FFMA")}
                 op = max(ops, key=ops.get)
-                fits = kernel.metadata.shared <= SHARED_MEMORY.get(arch, 99 * 1024)
+                fits = kernel.metadata.shared <= _msm_fused.SHARED_MEMORY.get(arch, 99 * 1024)
                 print(f"sm_{arch} {precision:9s} {block[0]:3d} {block[1]:3d} {block[2]:3d} {block[3]:5d} "
                       f"{block[4]:6d} {kernel.metadata.shared / 1024:10.0f} {'yes' if fits else 'no ':4s} "
                       f"{regs.group(1) if regs else '?':>4s} {stack.group(1) if stack else '?':>7s} {spills:6d}  "

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
+import tempfile
 
 import torch
 
@@ -52,6 +54,8 @@ CONFIGS = {
         (64, 64, 32, 4, 3),
     ),
 }
+# Shared memory one block may use, bytes, by compute capability
+SHARED_MEMORY = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 # Small blocks under the interpreter: every mask path is exercised on tiny inputs.
 _INTERPRET_BLOCK = (16, 16, 16)
 
@@ -190,6 +194,18 @@ def compile_for(arch, precision, block, C=1024):
         target=GPUTarget("cuda", arch, 32),
         options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True},
     )
+
+
+def machine_code(kernel):
+    """(SASS, resource usage) of a kernel from :func:`compile_for`, by Triton's cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return tuple(
+            subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+            for flag in ("-sass", "-res-usage")
+        )
 
 
 def all_pairs(a0, a1, b0, b1, device):

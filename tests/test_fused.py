@@ -12,8 +12,6 @@ CUDA the compiled kernel runs too.
 import multiprocessing
 import os
 import re
-import subprocess
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -27,7 +25,6 @@ from sklearn_musc import LNAMDTransformer, MutualScoringDetector, _msm, _msm_fus
 triton = pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}  # per block, A100 / H100
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +139,6 @@ def test_autotuned_kernel_tries_the_listed_shapes(configs):
     assert tuned.keys == ["L", "C", "PREC"]
 
 
-def _sass(kernel):
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-
-
 def _count(sass, op):
     return len(re.findall(rf"\b{op}\b", sass))
 
@@ -167,10 +156,10 @@ def test_compiled_kernel_uses_the_right_units_and_does_not_spill(arch, precision
     fitting, spilling = 0, []
     for block in _msm_fused.CONFIGS[configs]:
         kernel = _msm_fused.compile_for(arch, precision, block)
-        if kernel.metadata.shared > SHARED_MEMORY[arch]:
+        if kernel.metadata.shared > _msm_fused.SHARED_MEMORY[arch]:
             continue  # the autotuner drops this shape for this precision at run time
         fitting += 1
-        sass = _sass(kernel)
+        sass, _ = _msm_fused.machine_code(kernel)
         assert _count(sass, instruction) > 0, block
         if _count(sass, "LDL") + _count(sass, "STL"):
             spilling.append(block)
