@@ -126,7 +126,8 @@ def resolve_pretrained(family, name, pretrained):
             or os.path.isfile(pretrained)
         )
     ):
-        path = Path(pretrained).expanduser()
+        # absolute, so that a pickled model finds its weights from any working directory
+        path = Path(pretrained).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         return "file", path

@@ -79,6 +79,9 @@ class PatchTokens(_BatchMixin):
         0-based block index of each layer in ``tokens``.
     sources : tuple of str or None
         A name for each image (its path, or ``"<array 3>"``).
+    backbone : str or None
+        The backbone that made the tokens (``"timm:NAME"``, ``"open_clip:NAME"``),
+        so that features of different models are never scored together.
     """
 
     tokens: np.ndarray
@@ -87,6 +90,7 @@ class PatchTokens(_BatchMixin):
     original_sizes: Optional[Tuple[Size, ...]] = None
     layers: Optional[Tuple[int, ...]] = None
     sources: Optional[Tuple[str, ...]] = None
+    backbone: Optional[str] = None
 
     _per_image = ("tokens", "embeddings", "original_sizes", "sources")
 
@@ -111,7 +115,7 @@ class FeatureSets(_BatchMixin):
         ``(layer, r)`` of each set: the layer position in the input (or the
         block index when known) and the aggregation degree (0 for the
         similarity-weighted variant, which merges all degrees).
-    embeddings, input_size, original_sizes, sources
+    embeddings, input_size, original_sizes, sources, backbone
         Passed through from :class:`PatchTokens`.
     """
 
@@ -121,6 +125,7 @@ class FeatureSets(_BatchMixin):
     input_size: Optional[Size] = None
     original_sizes: Optional[Tuple[Size, ...]] = None
     sources: Optional[Tuple[str, ...]] = None
+    backbone: Optional[str] = None
 
     _per_image = ("features", "embeddings", "original_sizes", "sources")
 
@@ -148,14 +153,24 @@ class ImageScores(_BatchMixin):
         "anomaly-salient" feature), an embedding that needs no class token.
     sources : tuple of str or None
         A name for each image.
+    anomaly_maps : ndarray of shape (n_images, H, W) or None
+        The detector's anomaly maps (at the model input size when known).
+    input_size : (int, int) or None
+        Model input size; with ``original_sizes``, what
+        :func:`~sklearn_musc.maps_to_original` needs.
+    original_sizes : tuple of (int, int) or None
+        Each image's size before preprocessing.
     """
 
     scores: np.ndarray
     embeddings: Optional[np.ndarray] = None
     salient_features: Optional[np.ndarray] = None
     sources: Optional[Tuple[str, ...]] = None
+    anomaly_maps: Optional[np.ndarray] = None
+    input_size: Optional[Size] = None
+    original_sizes: Optional[Tuple[Size, ...]] = None
 
-    _per_image = ("scores", "embeddings", "salient_features", "sources")
+    _per_image = ("scores", "embeddings", "salient_features", "sources", "anomaly_maps", "original_sizes")
 
     @property
     def n_images(self):

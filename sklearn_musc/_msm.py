@@ -70,28 +70,24 @@ def default_memory_budget(device):
 
 
 class Plan:
-    """How one feature set of ``n`` images is scored within a memory budget.
+    """How one feature set is scored within a memory budget.
 
-    The working set, in float32 values, is
-    ``n*n*L`` (the table of best matches, the only term growing faster than
-    ``n``) + ``3*n*k_max*L`` (the ``k_max`` best matches and their indices)
-    + the features (``n*L*C`` when they fit, else two tiles ``2*b*L*C``
-    streamed from the host) + one product tile ``(b*L)**2``.
+    ``n`` images are scored by ``n_cols`` scorer images (``n_cols=None``: the
+    ``n`` images score each other). The working set, in float32 values, is
+    ``n*n_cols*L`` (the table of best matches, the only term growing faster
+    than the images) + ``3*n*k_max*L`` (the ``k_max`` best matches and their
+    indices) + the features (``(n + n_cols)*L*C`` for a pool, ``n*L*C`` for a
+    batch, when they fit, else two tiles ``2*b*L*C`` streamed from the host)
+    + one product tile ``(b*L)**2``.
     """
 
-    def __init__(self, n, L, C, k_max, device, budget):
-        fixed = _F32 * (n * n * L + 3 * n * k_max * L)
+    def __init__(self, n, L, C, k_max, device, budget, n_cols=None):
+        cols = n if n_cols is None else n_cols
+        fixed = _F32 * (n * cols * L + 3 * n * k_max * L)
         if fixed > budget:
-            per_image = _F32 * (n * L + 3 * k_max * L)
-            fit = max(2, int(budget // per_image))
-            raise MemoryError(
-                f"scoring {n} images of {L} patches needs {fixed / 2**30:.2f} GiB for the "
-                f"table of per-image minima, over the memory budget of {budget / 2**30:.2f} GiB: "
-                f"score the batch in subsets (max_subset_size={fit} or n_subsets="
-                f"{math.ceil(n / fit)}) or raise memory_budget"
-            )
+            raise MemoryError(self._advice(n, L, cols, k_max, fixed, budget, n_cols is None))
         left = budget - fixed
-        features = _F32 * n * L * C
+        features = _F32 * (n if n_cols is None else n + n_cols) * L * C
         self.resident = features <= left // 2
         left -= features if self.resident else 0
         tile = min(_TILE_BYTES[device.type], left)
@@ -99,9 +95,25 @@ class Plan:
         b = int(math.sqrt(tile / _F32)) // L
         while b > 1 and _F32 * ((b * L) ** 2 + (0 if self.resident else 2 * b * L * C)) > left:
             b -= 1
-        self.block = max(1, min(b, n))
+        self.block = max(1, min(b, max(n, cols)))
         self.device = device
         self.bytes = fixed + (features if self.resident else 0) + _F32 * (self.block * L) ** 2
+
+    @staticmethod
+    def _advice(n, L, cols, k_max, fixed, budget, batch):
+        need = f"{fixed / 2**30:.3g} GiB for the table of per-image best matches"
+        over = f"over the memory budget of {budget / 2**30:.3g} GiB"
+        if not batch:  # new images against a pool: the caller already scores them one by one
+            return (f"scoring one image against a pool of {cols} images of {L} patches needs {need}, "
+                    f"{over}: raise memory_budget or fit the detector on a smaller pool")
+        per_image = _F32 * (n * L + 3 * k_max * L)
+        fit = int(budget // per_image)
+        if fit < 2:
+            return (f"scoring {n} images of {L} patches needs {need}, {over}, which cannot hold "
+                    "even a subset of 2 images: raise memory_budget")
+        return (f"scoring {n} images of {L} patches needs {need}, {over}: score the batch in "
+                f"subsets (max_subset_size={fit} or n_subsets={math.ceil(n / fit)}) or raise "
+                "memory_budget")
 
 
 @contextlib.contextmanager
@@ -245,6 +257,95 @@ def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
         sweep(reduce)
     idx = torch.arange(n, device=device)
     table[idx, :, idx] = -math.inf
+    return table
+
+
+def cross_similarity_table(Q, P, plan, precision="float32"):
+    """Best matches of new images ``Q`` in the pool images ``P`` (novelty scoring).
+
+    Parameters
+    ----------
+    Q : tensor of shape (m, L, C)
+        Unit-norm patch features of the images to score.
+    P : tensor of shape (N, L, C)
+        Unit-norm patch features of the pool (the scorers).
+    plan : Plan
+        Made with ``n=m, n_cols=N``: device, tile size, residency.
+    precision : {"float32", "tf32", "bfloat16"}
+        As in :func:`max_similarity_table`.
+
+    Returns
+    -------
+    table : tensor of shape (m, L, N) on ``plan.device``
+        ``table[i, p, j] = max_q Q[i, p] . P[j, q]``: row ``i`` is the row a
+        new image would have in the table of the batch ``P + {Q[i]}``, so its
+        interval average is the same.
+    """
+    m, L, C = Q.shape
+    N = P.shape[0]
+    device = plan.device
+    dtype, rounding, product = _product_fn(precision, device)
+    q, p = Q.reshape(m * L, C), P.reshape(N * L, C)
+    if rounding is not None:
+        q, p = rounding(q.float()), rounding(p.float())
+    if plan.resident:
+        q, p = q.to(device, dtype), p.to(device, dtype)
+    table = torch.empty((m, L, N), dtype=torch.float32, device=device)
+    b = plan.block
+    with _matmul_precision(precision, device):
+        for t0 in range(0, m, b):  # a tile of new images against every tile of the pool
+            t1 = min(m, t0 + b)
+            rows = q[t0 * L : t1 * L].to(device, dtype, non_blocking=True)
+            for u0 in range(0, N, b):
+                u1 = min(N, u0 + b)
+                cols = p[u0 * L : u1 * L].to(device, dtype, non_blocking=True)
+                prod = product(rows, cols).view(t1 - t0, L, u1 - u0, L)
+                table[t0:t1, :, u0:u1] = prod.amax(dim=3)
+    return table
+
+
+def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
+    """Best matches within ``radius`` patches of the same grid position (aligned parts).
+
+    ``table[i, p, j] = max Z[i, p] . S[j, q]`` over the positions ``q`` of
+    the scorer images ``S`` (``P``, or ``Z`` itself when ``P`` is None) with
+    ``|row(q) - row(p)| <= radius`` and ``|col(q) - col(p)| <= radius``;
+    ``radius=0`` compares each patch with the same position only. For every
+    offset ``d`` of the window, the patches at ``p`` and ``p + d`` of all
+    images form one batched product (a ``n x n_scorers`` Gram matrix per
+    position), so the cost is ``(2 radius + 1)**2 / L`` of global matching.
+
+    Off CUDA, and for "bfloat16" everywhere, the rounding of "tf32" and
+    "bfloat16" inputs is emulated and the products are float32.
+
+    Returns
+    -------
+    table : tensor of shape (n, L, n_scorers) on ``Z``'s device
+        ``-inf`` for ``i == j`` when the images score each other.
+    """
+    n, L, C = Z.shape
+    h, w = grid
+    S = Z if P is None else P
+    rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(precision)
+    A, B = (Z.float(), S.float()) if rounding is None else (rounding(Z.float()), rounding(S.float()))
+    A, B = A.view(n, h, w, C), B.view(len(S), h, w, C)
+    # (h, w, n, n_scorers): positions first, so one offset is one slice and one batched product
+    best = torch.full((h, w, n, len(S)), -math.inf, dtype=torch.float32, device=Z.device)
+    with _matmul_precision(precision if precision == "tf32" else "float32", Z.device):
+        for dy in range(-radius, radius + 1):
+            y0, y1 = max(0, -dy), min(h, h - dy)  # rows p whose row + dy is on the grid
+            for dx in range(-radius, radius + 1):
+                x0, x1 = max(0, -dx), min(w, w - dx)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                a = A[:, y0:y1, x0:x1].permute(1, 2, 0, 3)  # (hy, wx, n, C)
+                s = B[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx].permute(1, 2, 3, 0)  # (hy, wx, C, n_s)
+                region = best[y0:y1, x0:x1]
+                torch.maximum(region, a @ s, out=region)
+    table = best.reshape(L, n, len(S)).permute(1, 0, 2).contiguous()
+    if P is None:
+        idx = torch.arange(n, device=Z.device)
+        table[idx, :, idx] = -math.inf
     return table
 
 

@@ -221,4 +221,5 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             input_size=X.input_size,
             original_sizes=X.original_sizes,
             sources=X.sources,
+            backbone=X.backbone,
         )

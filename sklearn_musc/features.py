@@ -393,6 +393,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             original_sizes=tuple(original_sizes),
             layers=self.layers_,
             sources=tuple(sources),
+            backbone=self.backbone_,
         )
 
 

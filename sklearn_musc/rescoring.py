@@ -2,6 +2,8 @@
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
 from ._threshold import threshold_scores
@@ -18,12 +20,35 @@ def _minmax(scores):
     return (scores - low) / (high - low)
 
 
+def _unit_rows(E):
+    E = np.asarray(E, dtype=np.float64)
+    norms = np.linalg.norm(E, axis=1, keepdims=True)
+    return E / np.where(norms > 0, norms, 1.0)
+
+
+def _rscin_new(scores, embeddings, pool_scores, pool_embeddings, k_list):
+    """RsCIN of new images against a fitted pool, on the scores as given.
+
+    A new image's window is itself (weight 1, as the diagonal of the batch
+    version) and its ``k - 1`` most similar pool images (cosines clipped at
+    0), with the pool's fitted scores: what the image would get from the
+    batch version in pool + {image} if its arrival did not change the
+    pool's own scores.
+    """
+    W = np.clip(_unit_rows(embeddings) @ _unit_rows(pool_embeddings).T, 0.0, None)  # (m, N)
+    order = np.argsort(-W, axis=1, kind="stable")
+    out = np.zeros(len(scores))
+    for k in k_list:
+        keep = order[:, : min(k, len(pool_scores) + 1) - 1]
+        w = np.take_along_axis(W, keep, axis=1)
+        out += (scores + (w * pool_scores[keep]).sum(axis=1)) / (1.0 + w.sum(axis=1))
+    return out / len(k_list)
+
+
 def _rscin(scores, embeddings, k_list):
     """Mean over k of the top-k-neighbourhood weighted averages of min-max scores."""
     scores = _minmax(np.asarray(scores, dtype=np.float64))
-    E = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(E, axis=1, keepdims=True)
-    E = E / np.where(norms > 0, norms, 1.0)
+    E = _unit_rows(embeddings)
     W = E @ E.T
     n = len(scores)
     np.fill_diagonal(W, 1.0)  # cosine of an image with itself, also for a zero embedding
@@ -75,6 +100,14 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     contamination : "auto" or float in (0, 0.5], default="auto"
         How rescored values become labels; see
         :class:`MutualScoringDetector`.
+    novelty : bool, default=False
+        Keep the fitted batch's scores and embeddings to re-score new images
+        (:meth:`score_samples`, :meth:`decision_function`, :meth:`predict`),
+        behind a ``MutualScoringDetector(novelty=True)``. A new image's
+        window is itself and its ``k - 1`` most similar fitted images, with
+        their fitted (input) scores; its own score enters with weight 1, and
+        the result is put on the fitted batch's scale, so the fitted
+        ``threshold_`` applies. The fitted images' values do not change.
 
     Attributes
     ----------
@@ -89,6 +122,12 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         The windows used, after clipping to the batch size.
     embedding_ : str
         The embedding used: "image", "salient" or "array".
+    pool_scores_, pool_embeddings_ : ndarray
+        With ``novelty=True``: the fitted images' input scores and
+        embeddings, which re-score new images.
+    offset_ : float
+        With ``novelty=True``: ``-threshold_`` (``decision_function =
+        score_samples - offset_``, negative for anomalous images).
 
     Examples
     --------
@@ -104,10 +143,11 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     array([ 1,  1,  1, -1,  1,  1])
     """
 
-    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto"):
+    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto", novelty=False):
         self.k_list = k_list
         self.embedding = embedding
         self.contamination = contamination
+        self.novelty = novelty
 
     def _embeddings(self, X):
         if self.embedding not in ("auto", "image", "salient"):
@@ -142,15 +182,30 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         """
         k_list = check_int_list(self.k_list, "k_list")
         check_contamination(self.contamination)
+        if not isinstance(self.novelty, (bool, np.bool_)):
+            raise ValueError(f"novelty must be True or False, got {self.novelty!r}")
+        scores, embeddings, self.embedding_ = self._inputs(X, scores)
+        self.k_list_ = tuple(min(k, len(scores)) for k in k_list)
+        self.anomaly_scores_ = _rscin(scores, embeddings, self.k_list_)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        if self.novelty:
+            self.pool_scores_, self.pool_embeddings_ = scores, embeddings
+            low, high = scores.min(), scores.max()
+            self._scale = (low, high - low)  # the min-max map of the fitted batch
+            self.offset_ = -self.threshold_
+        return self
+
+    def _inputs(self, X, scores):
+        """``(scores, embeddings, embedding kind)`` of an ImageScores or arrays, checked."""
         if isinstance(X, ImageScores):
             if scores is not None:
                 raise ValueError("scores are taken from the ImageScores input; do not pass them too")
             scores = X.scores
-            embeddings, self.embedding_ = self._embeddings(X)
+            embeddings, kind = self._embeddings(X)
         else:
             if scores is None:
                 raise ValueError("scores are required when X is an array of embeddings: fit(X, scores=...)")
-            embeddings, self.embedding_ = X, "array"
+            embeddings, kind = X, "array"
         embeddings = np.asarray(embeddings, dtype=np.float64)
         scores = np.asarray(scores, dtype=np.float64)
         if embeddings.ndim != 2 or scores.ndim != 1 or len(embeddings) != len(scores):
@@ -162,10 +217,79 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
             raise ValueError("RsCIN needs at least one image")
         if not (np.isfinite(embeddings).all() and np.isfinite(scores).all()):
             raise ValueError("embeddings and scores must not contain NaN or infinity")
-        self.k_list_ = tuple(min(k, len(scores)) for k in k_list)
-        self.anomaly_scores_ = _rscin(scores, embeddings, self.k_list_)
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
-        return self
+        return scores, embeddings, kind
+
+    def _novelty(self):
+        if not self.novelty:
+            raise AttributeError(
+                "RsCINRescorer re-scores the batch it is fitted on; to re-score new images "
+                "(Pipeline.predict / score_samples after fit), use RsCINRescorer(novelty=True) "
+                "behind MutualScoringDetector(novelty=True), or end the pipeline with the detector"
+            )
+        return True
+
+    @available_if(_novelty)
+    def score_samples(self, X, scores=None):
+        """Opposite of the re-scored anomaly score of new images; lower is more abnormal.
+
+        Parameters
+        ----------
+        X : ImageScores or array-like of shape (n_images, embed_dim)
+            New images' scores and embeddings (a novelty detector's
+            ``transform``), or their embeddings with ``scores``; the same
+            kind of embedding as in ``fit``.
+        scores : array-like of shape (n_images,), default=None
+            Their anomaly scores when ``X`` is an array.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,)
+        """
+        check_is_fitted(self, "offset_")
+        pool_scores, pool_embeddings = self.pool_scores_, self.pool_embeddings_
+        new_scores, embeddings, kind = self._inputs(X, scores)
+        if kind != self.embedding_ or embeddings.shape[1] != pool_embeddings.shape[1]:
+            raise ValueError(
+                f"the new images carry {kind} embeddings of width {embeddings.shape[1]}; this re-scorer "
+                f"was fitted on {self.embedding_} embeddings of width {pool_embeddings.shape[1]}"
+            )
+        raw = _rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
+        low, span = self._scale
+        return -((raw - low) / span if span > 0 else np.zeros_like(raw))
+
+    @available_if(_novelty)
+    def decision_function(self, X, scores=None):
+        """``score_samples - offset_``: negative for anomalous new images.
+
+        Parameters
+        ----------
+        X : ImageScores or array-like of shape (n_images, embed_dim)
+            See :meth:`score_samples`.
+        scores : array-like of shape (n_images,), default=None
+            See :meth:`score_samples`.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_images,)
+        """
+        return self.score_samples(X, scores=scores) - self.offset_
+
+    @available_if(_novelty)
+    def predict(self, X, scores=None):
+        """Labels of new images: 1 normal, -1 anomalous.
+
+        Parameters
+        ----------
+        X : ImageScores or array-like of shape (n_images, embed_dim)
+            See :meth:`score_samples`.
+        scores : array-like of shape (n_images,), default=None
+            See :meth:`score_samples`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+        """
+        return np.where(self.decision_function(X, scores=scores) < 0, -1, 1)
 
     def fit_predict(self, X, y=None, scores=None):
         """Rescore the batch and return its labels (1 normal, -1 anomalous).

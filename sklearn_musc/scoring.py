@@ -7,54 +7,19 @@ import numbers
 import numpy as np
 import torch
 import torch.nn.functional as F
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import _msm, _msm_fused
-from ._batch import ImageScores
+from . import _msm, _msm_batch, _msm_fused
+from ._batch import FeatureSets, ImageScores
 from ._device import resolve_device
 from ._threshold import threshold_scores
 from ._validation import as_feature_sets, check_contamination
 
 __all__ = ["MutualScoringDetector"]
-
-def _score_batch(features, rows, set_ids, k_bounds, device, budget, precision, algorithm):
-    """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
-
-    The images of a subset are gathered one set at a time, so no more than
-    one set is ever copied on the host; with all images, a set laid out
-    contiguously (as :class:`LNAMDTransformer` makes them) is not copied at all.
-    Scores and the finiteness check stay on the device until every set is
-    queued: nothing waits for the GPU inside the loop, so it computes one
-    set while the host moves the next one.
-    """
-    n = len(features) if rows is None else len(rows)
-    _, _, h, w, dim = features.shape
-    L = h * w
-    plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget)
-    where = device if plan.resident else torch.device("cpu")
-    with torch.inference_mode():
-        scores = torch.empty((n, len(set_ids), L), dtype=torch.float32, device=device)
-        finite = torch.ones((), dtype=torch.bool, device=where)
-        for s in set_ids:
-            part = features[:, s] if rows is None else features[rows, s]
-            Z = torch.as_tensor(part).reshape(n, L, dim)
-            if Z.dtype not in (torch.float16, torch.float32):
-                Z = Z.float()
-            # Normalise where the set will live (idempotent for LNAMD output,
-            # makes raw arrays safe for 2 - 2 x.y).
-            Z = Z.to(where, non_blocking=True).float()  # moved as stored (float16: half the bytes)
-            finite &= Z.isfinite().all()
-            Z = F.normalize(Z, dim=-1)
-            table = _msm.max_similarity_table(Z, plan, precision, algorithm)
-            scores[:, s] = _msm.interval_average(table, *k_bounds)
-            del table
-        if not bool(finite):  # NaN scores are refused, not returned
-            raise ValueError("features contains NaN or infinity")
-        return scores.reshape(n, len(set_ids), h, w).cpu().numpy()
-
 
 def _fingerprint(features):
     """Cheap identity of a feature array: its shape and one patch per image."""
@@ -75,10 +40,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     upsampled (bilinear, ``align_corners=True``) to the model input size, and
     the image score is the map's maximum.
 
-    The detector is transductive, like
+    By default the detector is transductive, like
     :class:`~sklearn.neighbors.LocalOutlierFactor` with ``novelty=False``: it
     scores the batch it is fitted on. Use :meth:`fit_predict`, or
     :meth:`fit_transform` to hand the image scores to :class:`RsCINRescorer`.
+    With ``novelty=True`` it also keeps the fitted batch as a pool of scorers
+    and scores new images against it (:meth:`score_samples`,
+    :meth:`decision_function`, :meth:`predict`, :meth:`transform`): a new
+    image gets the score it would get in the batch pool + {image}, without
+    the cost of refitting and whatever else is new.
 
     Parameters
     ----------
@@ -86,6 +56,23 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Bounds of the rank interval, as fractions of the ``N - 1`` other
         images, ``0 <= topmin_min < topmin_max <= 1``. At least one image is
         always used (``k_max >= 1``), so batches of 2 to 4 images score.
+    novelty : bool, default=False
+        Keep the fitted batch (its feature sets) as the pool that scores new
+        images. ``fit`` still scores the batch itself, as without novelty;
+        ``score_samples``, ``decision_function``, ``predict`` and a
+        ``transform`` of new images exist only when True.
+    reduction : {"interval", "min"}, default="interval"
+        How the ``N - 1`` per-image distances of a patch become its score:
+        "interval", the interval average above; "min", the distance to the
+        nearest scorer image. With ``novelty=True`` and a pool of known-normal
+        references, "min" is the paper's MuSc+ (appendix A.6).
+    radius : int or None, default=None
+        None compares each patch with every patch of the other images. An int
+        compares it only with the patches within ``radius`` rows and columns
+        of the same grid position (0: the same position only), for aligned
+        parts (boards, labels, fixtures) where a defect is a difference from
+        what the other parts have *at that place*. It costs about
+        ``(2 radius + 1)**2 / L`` of global matching.
     contamination : "auto" or float in (0, 0.5], default="auto"
         How image scores become labels. A float flags that share of the batch
         (the ``1 - contamination`` quantile is the threshold). "auto" flags
@@ -159,6 +146,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Indices of the images of each subset.
     device_ : torch.device
         The device used.
+    pool_ : FeatureSets
+        With ``novelty=True``: the feature sets that score new images (the
+        fitted batch, and the references when ``fit`` was given some). Its
+        ``features`` are the only state novelty scoring needs:
+        ``N * n_sets * grid_h * grid_w * dim`` values in their stored dtype.
+    offset_ : float
+        With ``novelty=True``: ``-threshold_``, so that
+        ``decision_function = score_samples - offset_`` is negative for the
+        images labelled anomalous.
 
     See Also
     --------
@@ -177,12 +173,22 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     >>> labels = Pipeline([("lnamd", LNAMDTransformer(device="cpu")), ("msm", det)]).fit_predict(tokens)
     >>> int(det.anomaly_scores_.argmax()), int(labels[5])
     (5, -1)
+
+    A pool of parts scores new parts (novelty mode):
+
+    >>> lnamd = LNAMDTransformer(device="cpu").fit(tokens)
+    >>> pool = MutualScoringDetector(novelty=True, device="cpu").fit(lnamd.transform(tokens[:5]))
+    >>> pool.predict(lnamd.transform(tokens[5:]))  # image 5 has the defect
+    array([-1,  1,  1])
     """
 
     def __init__(
         self,
         topmin_min=0.0,
         topmin_max=0.3,
+        novelty=False,
+        reduction="interval",
+        radius=None,
         contamination="auto",
         n_subsets=1,
         max_subset_size=None,
@@ -195,6 +201,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     ):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
+        self.novelty = novelty
+        self.reduction = reduction
+        self.radius = radius
         self.contamination = contamination
         self.n_subsets = n_subsets
         self.max_subset_size = max_subset_size
@@ -206,11 +215,21 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.algorithm = algorithm
 
     def _check_params(self):
-        if not 0.0 <= self.topmin_min < self.topmin_max <= 1.0:
+        real = all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   for v in (self.topmin_min, self.topmin_max))
+        if not real or not 0.0 <= self.topmin_min < self.topmin_max <= 1.0:
             raise ValueError(
                 "need 0 <= topmin_min < topmin_max <= 1, got "
                 f"topmin_min={self.topmin_min!r}, topmin_max={self.topmin_max!r}"
             )
+        if not isinstance(self.novelty, (bool, np.bool_)):
+            raise ValueError(f"novelty must be True or False, got {self.novelty!r}")
+        if self.reduction not in ("interval", "min"):
+            raise ValueError(f"reduction must be 'interval' or 'min', got {self.reduction!r}")
+        if self.radius is not None and (
+            not isinstance(self.radius, numbers.Integral) or isinstance(self.radius, bool) or self.radius < 0
+        ):
+            raise ValueError(f"radius must be None or an int >= 0, got {self.radius!r}")
         check_contamination(self.contamination)
         if not isinstance(self.n_subsets, numbers.Integral) or self.n_subsets < 1:
             raise ValueError(f"n_subsets must be a positive int, got {self.n_subsets!r}")
@@ -227,20 +246,13 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         ):
             raise ValueError(f"memory_budget must be None or a positive int (bytes), got {self.memory_budget!r}")
 
-    def _split(self, n):
-        n_subsets = self.n_subsets
-        if self.max_subset_size is not None:
-            n_subsets = max(n_subsets, math.ceil(n / self.max_subset_size))
-        if n // n_subsets < 2:
-            raise ValueError(
-                f"{n} images cannot be split into {n_subsets} subsets of 2 images or more"
-            )
-        if n_subsets == 1:
-            return [np.arange(n)]
-        order = check_random_state(self.random_state).permutation(n)
-        return [np.sort(part) for part in np.array_split(order, n_subsets)]
+    def _bounds(self, n_images):
+        """``(k_min, k_max)`` for an image among ``n_images`` (itself included)."""
+        if self.reduction == "min":
+            return 0, 1
+        return _msm.interval_bounds(n_images, self.topmin_min, self.topmin_max)
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, references=None):
         """Score every image of the batch ``X`` against the others.
 
         Parameters
@@ -250,6 +262,12 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             L2-normalised per patch.
         y : None
             Ignored.
+        references : FeatureSets or array-like of shape (n_refs, n_sets, grid_h, grid_w, dim), default=None
+            Known-normal images (few-shot, the paper's appendix A.6): they
+            join the scorers of every image of ``X`` (and of each subset) but
+            are never scored themselves. Made like ``X`` (same backbone,
+            layers and LNAMD settings). With ``novelty=True`` they stay in
+            the pool.
 
         Returns
         -------
@@ -257,8 +275,13 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         X = as_feature_sets(X)
+        refs = None
+        if references is not None:
+            refs = as_feature_sets(references)
+            _check_compatible(refs, X, "the references", "the batch")
         n = X.n_images
-        if n < 2:
+        n_refs = 0 if refs is None else refs.n_images
+        if n + n_refs < 2:
             raise ValueError(
                 f"mutual scoring needs at least 2 images in the batch, got {n}: "
                 "an image alone has nothing to be compared with"
@@ -274,19 +297,21 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         if self.algorithm == "fused" and (reason := _msm_fused.unavailable_reason(self.device_)):
             raise ValueError(reason)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
-        self.subsets_ = self._split(n)
+        self.subsets_ = self._split(n, n_refs)
         set_ids = range(X.features.shape[1])
         whole = len(self.subsets_) == 1
         jobs = (
-            delayed(_score_batch)(
+            delayed(_msm_batch.score_batch)(
                 X.features,
                 None if whole else idx,
                 set_ids,
-                _msm.interval_bounds(len(idx), self.topmin_min, self.topmin_max),
+                self._bounds(len(idx) + n_refs),
                 self.device_,
                 budget,
                 self.precision,
                 self.algorithm,
+                self.radius,
+                None if refs is None else refs.features,
             )
             for idx in self.subsets_
         )
@@ -300,43 +325,53 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
-        self._output = ImageScores(
-            scores=self.anomaly_scores_,
-            embeddings=X.embeddings,
-            salient_features=self._salient_features(X),
-            sources=X.sources,
-        )
+        self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_)
         self._fingerprint = _fingerprint(X.features)
+        if self.novelty:
+            self.pool_ = _pool(X, refs)
+            self.offset_ = -self.threshold_
+        else:
+            self.__dict__.pop("pool_", None)
+            self.__dict__.pop("offset_", None)
         return self
+
+    def _split(self, n, n_refs=0):
+        n_subsets = self.n_subsets
+        if self.max_subset_size is not None:
+            n_subsets = max(n_subsets, math.ceil(n / self.max_subset_size))
+        if n_subsets == 1:
+            return [np.arange(n)]
+        if n // n_subsets + n_refs < 2:
+            raise ValueError(
+                f"{n} images cannot be split into {n_subsets} subsets of 2 images or more"
+            )
+        order = check_random_state(self.random_state).permutation(n)
+        return [np.sort(part) for part in np.array_split(order, n_subsets)]
+
+    def _image_scores(self, X, patch_scores, maps, scores):
+        return ImageScores(
+            scores=scores,
+            embeddings=X.embeddings,
+            salient_features=_salient_features(X, patch_scores),
+            sources=X.sources,
+            anomaly_maps=maps,
+            input_size=X.input_size,
+            original_sizes=X.original_sizes,
+        )
 
     def _upsample(self, patch_scores, input_size):
         if input_size is None or tuple(input_size) == patch_scores.shape[1:]:
             return patch_scores.copy()
         maps = np.empty((len(patch_scores),) + tuple(input_size), dtype=np.float32)
+        device = getattr(self, "device_", None) or resolve_device(self.device)
         with torch.inference_mode():
             for start in range(0, len(patch_scores), 64):
-                grid = torch.as_tensor(patch_scores[start : start + 64], device=self.device_)
+                grid = torch.as_tensor(patch_scores[start : start + 64], device=device)
                 up = F.interpolate(grid[:, None], size=tuple(input_size), mode="bilinear", align_corners=True)
                 maps[start : start + len(grid)] = up[:, 0].cpu().numpy()
         return maps
 
-    def _salient_features(self, X):
-        """MuSc-V2's anomaly-salient feature: each image's vector at its top patch.
-
-        Taken from the second-to-last layer (the last when there is one) at
-        its smallest degree.
-        """
-        layers = sorted({layer for layer, _ in X.set_index})
-        layer = layers[-2] if len(layers) > 1 else layers[-1]
-        s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
-        n = X.n_images
-        top = self.patch_scores_.reshape(n, -1).argmax(axis=1)
-        h, w = X.grid_size
-        vectors = X.features[np.arange(n), s, top // w, top % w].astype(np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
-
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X, y=None, references=None):
         """Fit on the batch and return its :class:`ImageScores` (for RsCIN).
 
         Parameters
@@ -345,32 +380,23 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             The batch.
         y : None
             Ignored.
+        references : FeatureSets or array-like, default=None
+            Known-normal scorers; see :meth:`fit`.
 
         Returns
         -------
         scores : ImageScores
-            Image scores, image embeddings and salient features of the batch.
+            Image scores, anomaly maps, image embeddings and salient features
+            of the batch.
         """
-        return self.fit(X)._output
+        return self.fit(X, references=references)._output
 
-    def transform(self, X):
-        """Return the :class:`ImageScores` of the fitted batch.
-
-        The detector is transductive: it can only transform the batch it was
-        fitted on (what a :class:`~sklearn.pipeline.Pipeline` passes again);
-        a different batch must be scored with ``fit_transform``.
-        """
-        check_is_fitted(self, "anomaly_scores_")
-        X = as_feature_sets(X)
-        if _fingerprint(X.features) != self._fingerprint:
-            raise ValueError(
-                "MutualScoringDetector scores the batch it is fitted on; "
-                "call fit_transform (or fit_predict) on a new batch"
-            )
-        return self._output
-
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, references=None):
         """Fit on the batch and return its labels (1 normal, -1 anomalous).
+
+        Unlike :class:`~sklearn.neighbors.LocalOutlierFactor`, this is also
+        available with ``novelty=True``: the batch's own scores come from
+        mutual scoring, which never lets an image score itself.
 
         Parameters
         ----------
@@ -378,9 +404,207 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             The batch.
         y : None
             Ignored.
+        references : FeatureSets or array-like, default=None
+            Known-normal scorers; see :meth:`fit`.
 
         Returns
         -------
         labels : ndarray of shape (n_images,)
         """
-        return self.fit(X).labels_
+        return self.fit(X, references=references).labels_
+
+    # ------------------------------------------------------------ new images
+
+    def transform(self, X):
+        """Image scores of new images (``novelty=True``), or of the fitted batch.
+
+        With ``novelty=True``, each image of ``X`` is scored against the
+        pool (see :meth:`score_samples`) and its :class:`ImageScores`
+        returned, anomaly maps included: in a
+        :class:`~sklearn.pipeline.Pipeline` this hands new images to
+        :class:`RsCINRescorer` ``(novelty=True)``. Without novelty the
+        detector is transductive: it can only transform the batch it was
+        fitted on (what a :class:`~sklearn.pipeline.Pipeline` passes again);
+        a different batch must be scored with ``fit_transform``.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets made like the pool's.
+
+        Returns
+        -------
+        scores : ImageScores
+        """
+        check_is_fitted(self, "anomaly_scores_")
+        if self.novelty:
+            return self._score_new(X)
+        X = as_feature_sets(X)
+        if _fingerprint(X.features) != self._fingerprint:
+            raise ValueError(
+                "MutualScoringDetector scores the batch it is fitted on; "
+                "call fit_transform (or fit_predict) on a new batch, or use novelty=True"
+            )
+        return self._output
+
+    def _novelty(self):
+        if not self.novelty:
+            raise AttributeError(
+                "score_samples, decision_function and predict score new images: they are "
+                "available with novelty=True; without it, use fit_predict on the whole batch"
+            )
+        return True
+
+    @available_if(_novelty)
+    def score_samples(self, X):
+        """Opposite of the anomaly score of new images; lower is more abnormal.
+
+        Each image of ``X`` is scored by the pool alone, exactly as it would
+        be in the batch pool + {image}: for each pool image the distance to
+        its nearest patch, the interval average of those ``N`` distances
+        (``k`` bounds of a batch of ``N + 1``), the mean over the feature
+        sets, the upsampled map and its maximum. The images of ``X`` do not
+        score each other, so a new image's score does not depend on what
+        else is scored with it.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets made like the pool's (same backbone, layers, LNAMD
+            settings and input size).
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,)
+            ``-anomaly score``.
+        """
+        check_is_fitted(self, "pool_")
+        return -self._score_new(X).scores
+
+    @available_if(_novelty)
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for anomalous images.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets made like the pool's.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_images,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    @available_if(_novelty)
+    def predict(self, X):
+        """Labels of new images: 1 normal, -1 anomalous (``decision_function < 0``).
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets made like the pool's.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _score_new(self, X):
+        check_is_fitted(self, "pool_")
+        raw = not isinstance(X, FeatureSets)
+        X = as_feature_sets(X)
+        if raw and X.features.shape[1] == len(self.pool_.set_index):
+            X.set_index = self.pool_.set_index  # a raw array says nothing of its sets: take them as the pool's
+        _check_compatible(X, self.pool_, "the new images", "the pool")
+        pool = self.pool_.features
+        n_pool, n_new = len(pool), X.n_images
+        budget = self.memory_budget or _msm.default_memory_budget(self.device_)
+        k_bounds = self._bounds(n_pool + 1)  # as if each new image had joined the pool
+        set_ids = range(pool.shape[1])
+        chunks, parts = _novelty_jobs(n_new, n_pool, effective_n_jobs(self.n_jobs))
+        best = Parallel(n_jobs=self.n_jobs)(
+            delayed(_msm_batch.pool_best_matches)(
+                X.features[c], pool[p], set_ids, k_bounds[1], self.device_, budget, self.precision, self.radius
+            )
+            for c in chunks
+            for p in parts
+        )
+        set_scores = np.concatenate([
+            _msm_batch.merge_best_matches(best[i * len(parts) : (i + 1) * len(parts)], k_bounds)
+            for i in range(len(chunks))
+        ])
+        patch_scores = set_scores.mean(axis=1).reshape((n_new,) + X.grid_size)
+        maps = self._upsample(patch_scores, X.input_size)
+        scores = maps.reshape(n_new, -1).max(axis=1)
+        return self._image_scores(X, patch_scores, maps, scores)
+
+
+def _novelty_jobs(n_new, n_pool, n_workers):
+    """Slices of new images and of the pool, one job per pair.
+
+    New images are spread over the workers; when there are fewer new images
+    than workers, the pool is cut into parts too, whose best matches are
+    merged afterwards (so one image against a large pool uses every worker).
+    """
+    n_chunks = max(1, min(n_new, n_workers))
+    n_parts = max(1, min(n_pool, n_workers // n_chunks))
+    return (
+        [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_new), n_chunks)],
+        [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_pool), n_parts)],
+    )
+
+
+def _pool(X, refs):
+    """The scorers of new images: the batch, and the references after it."""
+    features = X.features if refs is None else np.concatenate([X.features, refs.features])
+    sources = None
+    if X.sources is not None and (refs is None or refs.sources is not None):
+        sources = X.sources + (() if refs is None else refs.sources)
+    return FeatureSets(features=features, set_index=X.set_index, input_size=X.input_size,
+                       sources=sources, backbone=X.backbone)
+
+
+def _check_compatible(X, pool, what, against):
+    """Refuse features made otherwise than ``pool``'s, naming the setting that differs."""
+    checks = [
+        ("patch grid", X.grid_size, pool.grid_size),
+        ("feature width", X.features.shape[-1], pool.features.shape[-1]),
+        ("number of feature sets", X.features.shape[1], pool.features.shape[1]),
+        ("backbone", X.backbone, pool.backbone),
+        ("model input size", X.input_size, pool.input_size),
+        ("(layer, LNAMD degree) of the feature sets", X.set_index, pool.set_index),
+    ]
+    for name, mine, theirs in checks:
+        if mine is None or theirs is None:  # raw arrays carry no such metadata
+            continue
+        if _plain(mine) != _plain(theirs):
+            raise ValueError(
+                f"{what} were made with another {name} than {against}: {mine!r} vs {theirs!r}; "
+                f"make them with the same ViTPatchTransformer and LNAMDTransformer settings"
+            )
+
+
+def _plain(value):
+    """Tuples of Python ints for comparing metadata (numpy ints, lists and tuples alike)."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return tuple(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _salient_features(X, patch_scores):
+    """MuSc-V2's anomaly-salient feature: each image's vector at its top patch.
+
+    Taken from the second-to-last layer (the last when there is one) at
+    its smallest degree.
+    """
+    layers = sorted({layer for layer, _ in X.set_index})
+    layer = layers[-2] if len(layers) > 1 else layers[-1]
+    s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
+    n = X.n_images
+    top = patch_scores.reshape(n, -1).argmax(axis=1)
+    h, w = X.grid_size
+    vectors = X.features[np.arange(n), s, top // w, top % w].astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)

@@ -151,3 +151,40 @@ def rscin(scores, embeddings, k_list):
             total = sum(sims[j] for j in keep)
             out[i] += sum(sims[j] * c[j] for j in keep) / total
     return out / len(k_list)
+
+
+def nearest_distances(a, b, grid=None, radius=None):
+    """(L,) distance of each patch of image ``a`` (L, C) to its nearest patch of ``b``.
+
+    With ``radius``, only the patches of ``b`` within ``radius`` rows and
+    columns of the same grid position count (same-position matching).
+    """
+    L = len(a)
+    out = np.empty(L)
+    for p in range(L):
+        best = np.inf
+        for q in range(L):
+            if radius is not None:
+                (py, px), (qy, qx) = divmod(p, grid[1]), divmod(q, grid[1])
+                if abs(py - qy) > radius or abs(px - qx) > radius:
+                    continue
+            best = min(best, float(np.linalg.norm(a[p] - b[q])))
+        out[p] = best
+    return out
+
+
+def scored_by(image, scorers, topmin_min=0.0, topmin_max=0.3, reduction="interval", grid=None, radius=None):
+    """SPEC 3 for one image of one set: its patch scores (L,) given its scorer images.
+
+    ``scorers`` are the images that score it (the other images of its batch,
+    plus references; or a pool): with ``n`` of them, the distances ranked in
+    ``[floor(n * topmin_min), max(1, floor(n * topmin_max)))`` are averaged;
+    ``reduction="min"`` takes the nearest scorer only.
+    """
+    d = np.sort([nearest_distances(image, s, grid, radius) for s in scorers], axis=0)  # (n, L)
+    if reduction == "min":
+        return d[0]
+    n = len(scorers)
+    k_max = max(1, math.floor(n * topmin_max))
+    k_min = min(math.floor(n * topmin_min), k_max - 1)
+    return d[k_min:k_max].mean(axis=0)

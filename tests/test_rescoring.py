@@ -105,6 +105,45 @@ def test_bad_inputs(kwargs, match):
 
 def test_sklearn_contract():
     est = RsCINRescorer(k_list=[1, 8, 9])
-    assert clone(est).get_params() == {"k_list": [1, 8, 9], "embedding": "auto", "contamination": "auto"}
+    assert clone(est).get_params() == {"k_list": [1, 8, 9], "embedding": "auto", "contamination": "auto",
+                                         "novelty": False}
     with pytest.raises(ValueError, match="k_list"):
         RsCINRescorer(k_list=(0,)).fit(np.ones((2, 2)), scores=np.ones(2))
+
+
+def test_novelty_rescores_a_new_image_with_its_nearest_fitted_images(rng):
+    E = rng.normal(size=(9, 6))
+    s = rng.uniform(size=9)
+    rs = RsCINRescorer(k_list=(1, 2, 3), novelty=True, contamination=0.2).fit(E[:7], scores=s[:7])
+    new = rs.score_samples(E[7:], scores=s[7:])
+    # loop reference: the window of a new image is itself and its k-1 nearest fitted images
+    low, span = s[:7].min(), np.ptp(s[:7])
+    for m, i in enumerate((7, 8)):
+        total = 0.0
+        for k in (1, 2, 3):
+            sims = [max(0.0, float(E[i] @ E[j] / np.linalg.norm(E[i]) / np.linalg.norm(E[j]))) for j in range(7)]
+            keep = sorted(range(7), key=lambda j: -sims[j])[: k - 1]
+            total += (s[i] + sum(sims[j] * s[j] for j in keep)) / (1 + sum(sims[j] for j in keep))
+        assert -new[m] == pytest.approx((total / 3 - low) / span, abs=1e-12)
+    # a fitted image brought back as new, with k=1, keeps its (normalised) value
+    one = RsCINRescorer(k_list=(1,), novelty=True).fit(E[:7], scores=s[:7])
+    np.testing.assert_allclose(-one.score_samples(E[:7], scores=s[:7]), one.anomaly_scores_, atol=1e-12)
+    np.testing.assert_allclose(rs.decision_function(E[7:], scores=s[7:]), new + rs.threshold_)
+    np.testing.assert_array_equal(rs.predict(E[7:], scores=s[7:]), np.where(-new > rs.threshold_, -1, 1))
+    with pytest.raises(ValueError, match="width"):
+        rs.predict(E[7:, :3], scores=s[7:])
+
+
+def test_without_novelty_predict_names_the_alternative():
+    from sklearn.pipeline import Pipeline
+
+    def chain(error):  # scikit-learn's available_if raises its own error from ours
+        while error is not None:
+            yield str(error)
+            error = error.__cause__
+
+    assert not hasattr(RsCINRescorer(), "predict")
+    for est in (RsCINRescorer(), Pipeline([("rscin", RsCINRescorer())])):
+        with pytest.raises(AttributeError) as info:
+            est.predict(np.ones((2, 2)))
+        assert any("RsCINRescorer(novelty=True)" in m for m in chain(info.value))

@@ -1,0 +1,132 @@
+"""Per-batch scoring loops of MSM: numpy feature sets in, patch scores out.
+
+The kernels of :mod:`._msm` work on one feature set of torch tensors; the
+loops here walk the feature sets of a batch, move each one to the device,
+apply the interval average and return numpy arrays. Two ways of scoring:
+
+- :func:`score_batch`: the images of a batch score each other (MuSc), with
+  optional known-normal references joining the scorers (few-shot);
+- :func:`pool_best_matches` + :func:`merge_best_matches`: new images scored
+  by a fitted pool only (novelty mode). A pool can be split into parts whose
+  best matches are merged, so that parts run on different workers.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import _msm
+
+
+def _load_set(part, where):
+    """One feature set (n, h, w, C) as unit-norm float32 (n, L, C) on ``where``.
+
+    Moved as stored (float16: half the bytes), then normalised where it
+    lives: idempotent for LNAMD output, and makes raw arrays safe for
+    ``||x - y||^2 = 2 - 2 x.y``.
+    """
+    n, h, w, dim = part.shape
+    Z = torch.as_tensor(part).reshape(n, h * w, dim)
+    if Z.dtype not in (torch.float16, torch.float32):
+        Z = Z.float()
+    Z = Z.to(where, non_blocking=True).float()
+    return F.normalize(Z, dim=-1), Z.isfinite().all()
+
+
+def _table(Z, plan, precision, algorithm, radius, grid, P=None):
+    """The best-match table of ``Z`` against itself (P None) or against ``P``."""
+    if radius is not None:
+        Z, P = Z.to(plan.device), None if P is None else P.to(plan.device)
+        return _msm.local_similarity_table(Z, grid, radius, P=P, precision=precision)
+    if P is None:
+        return _msm.max_similarity_table(Z, plan, precision, algorithm)
+    return _msm.cross_similarity_table(Z, P, plan, precision)
+
+
+def score_batch(features, rows, set_ids, k_bounds, device, budget, precision, algorithm,
+                radius=None, references=None):
+    """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
+
+    The images score each other; ``references`` (R, n_sets, h, w, C), when
+    given, join the scorers of every image and are not scored. The images of
+    a subset are gathered one set at a time, so no more than one set is ever
+    copied on the host; with all images, a set laid out contiguously (as
+    :class:`LNAMDTransformer` makes them) is not copied at all. Scores and
+    the finiteness check stay on the device until every set is queued:
+    nothing waits for the GPU inside the loop, so it computes one set while
+    the host moves the next one.
+    """
+    n = len(features) if rows is None else len(rows)
+    _, _, h, w, dim = features.shape
+    L = h * w
+    n_refs = 0 if references is None else len(references)
+    plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget,
+                     n_cols=None if n_refs == 0 else n + n_refs)
+    where = device if plan.resident or radius is not None else torch.device("cpu")
+    with torch.inference_mode():
+        scores = torch.empty((n, len(set_ids), L), dtype=torch.float32, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=where)
+        for s in set_ids:
+            Z, ok = _load_set(features[:, s] if rows is None else features[rows, s], where)
+            finite &= ok
+            table = _table(Z, plan, precision, algorithm, radius, (h, w))
+            if n_refs:
+                R, ok = _load_set(references[:, s], where)
+                finite &= ok
+                table = torch.cat([table, _table(Z, plan, precision, algorithm, radius, (h, w), R)], dim=2)
+            scores[:, s] = _msm.interval_average(table, *k_bounds)
+            del table
+        if not bool(finite):  # NaN scores are refused, not returned
+            raise ValueError("features contains NaN or infinity")
+        return scores.reshape(n, len(set_ids), h, w).cpu().numpy()
+
+
+def pool_best_matches(new, pool, set_ids, k_max, device, budget, precision, radius=None):
+    """The ``k_max`` best matches of each new patch among the pool's images.
+
+    Parameters
+    ----------
+    new : ndarray of shape (m, n_sets, h, w, C)
+        Feature sets of the images to score.
+    pool : ndarray of shape (N, n_sets, h, w, C)
+        Feature sets of the pool (or of a part of it).
+
+    Returns
+    -------
+    best : ndarray of shape (m, n_sets, L, min(k_max, N)), float32
+        Dot products, largest first: with the best matches of the other
+        parts of a pool, :func:`merge_best_matches` makes the scores.
+    """
+    m, N = len(new), len(pool)
+    _, _, h, w, dim = new.shape
+    L, keep = h * w, min(k_max, N)
+    # As many new images at once as the table of best matches allows.
+    per_image = 4 * (N * L + 3 * keep * L)
+    chunk = int(max(1, min(m, budget // (2 * per_image))))
+    plan = _msm.Plan(chunk, L, dim, keep, device, budget, n_cols=N)
+    where = device if plan.resident or radius is not None else torch.device("cpu")
+    with torch.inference_mode():
+        best = torch.empty((m, len(set_ids), L, keep), dtype=torch.float32, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=where)
+        for s in set_ids:
+            P, ok = _load_set(pool[:, s], where)
+            finite &= ok
+            for c0 in range(0, m, chunk):
+                Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
+                finite &= ok
+                table = _table(Q, plan, precision, "matmul", radius, (h, w), P)
+                best[c0 : c0 + len(Q), s] = torch.topk(table, keep, dim=2, sorted=True).values
+                del table
+        if not bool(finite):
+            raise ValueError("features contains NaN or infinity")
+        return best.cpu().numpy()
+
+
+def merge_best_matches(parts, k_bounds):
+    """Interval averages (m, n_sets, L) from the best matches of the parts of a pool."""
+    k_min, k_max = k_bounds
+    best = torch.as_tensor(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=3))
+    if best.shape[3] > k_max or len(parts) > 1:
+        best = torch.topk(best, k_max, dim=3, sorted=True).values
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best[..., k_min:k_max], min=0.0))
+    return dist.mean(dim=3).numpy()
