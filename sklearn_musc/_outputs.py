@@ -174,8 +174,11 @@ def _to_original(small, original_size, input_size, resample, fill):
     """An L image at input size onto the original image: resized into the crop box, rest ``fill``."""
     h0, w0 = original_size
     x0, y0, x1, y1 = _crop_box(original_size, input_size)
+    inner = small.resize((x1 - x0, y1 - y0), resample)
+    if fill == "min":  # as maps_to_original: the unseen borders at the resized map's minimum
+        fill = inner.getextrema()[0]
     full = Image.new("L", (w0, h0), int(fill))
-    full.paste(small.resize((x1 - x0, y1 - y0), resample), (x0, y0))
+    full.paste(inner, (x0, y0))
     return full
 
 
@@ -237,7 +240,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     base = _as_rgb8(image)
     size = (base.height, base.width)
     index = _scale_index(np.asarray(anomaly_map, dtype=np.float32), vmin, vmax)
-    full = _to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, index.min())
+    full = _to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
     full.putpalette(palette or _jet_palette())  # L -> P: the index image, coloured on conversion
     out = Image.new("RGB", (size[1], size[0]))
     for y in range(0, size[0], _BAND_ROWS):
