@@ -203,7 +203,11 @@ def _open(path):
 
 def _from_pil(image, source):
     try:
-        image = ImageOps.exif_transpose(image)
+        # exif_transpose copies the image even when there is nothing to turn:
+        # call it only for an orientation other than "upright" (1), which saves
+        # a full-size copy of every ordinary photo.
+        if image.getexif().get(0x0112, 1) not in (1, None):
+            image = ImageOps.exif_transpose(image)
     except Exception as exc:  # a malformed EXIF block should not hide which image it was
         raise ValueError(f"cannot apply the EXIF orientation of image {source}: {exc}") from exc
     mode = image.mode
