@@ -20,7 +20,7 @@ h1{font-size:1.4em;margin:0 0 .3em} .meta{color:#555;margin:.2em 0}
 table{border-collapse:collapse;margin-top:1em} th,td{padding:.35em .6em;border-bottom:1px solid #ddd;
 text-align:left;vertical-align:middle} th{background:#f3f3f3} td.num{text-align:right;
 font-variant-numeric:tabular-nums} tr.anomalous td.label{color:#b00020;font-weight:600}
-tr.normal td.label{color:#1b5e20} img{max-width:220px;max-height:220px;display:block}
+tr.normal td.label{color:#1b5e20} img{max-width:160px;max-height:160px;display:block}
 .path{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all;max-width:28em}
 .skipped{color:#8a4b00}
 """
@@ -55,9 +55,9 @@ def _histogram(scores, threshold, width=640, height=180, bins=20):
             parts.append(f'<rect class="bar" x="{x(a):.1f}" y="{top + ph - h:.1f}" '
                          f'width="{max(1.0, x(b) - x(a) - 1):.1f}" height="{h:.1f}" fill="#4a78b5">'
                          f'<title>{int(c)} images in [{a:.3f}, {b:.3f})</title></rect>')
-    for v in (lo, hi):
+    for v, anchor in ((lo, "start"), (hi, "end")):
         parts.append(f'<text x="{x(v):.1f}" y="{height - 10}" font-size="11" '
-                     f'text-anchor="middle">{v:.3f}</text>')
+                     f'text-anchor="{anchor}">{v:.3f}</text>')
     parts.append(f'<text x="{left - 5}" y="{top + 10}" font-size="11" text-anchor="end">{peak}</text>')
     if threshold is not None:
         tx = x(threshold)
