@@ -8,6 +8,7 @@ neighbours (:class:`RsCINRescorer`).
 """
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
+from ._images import ImageFiles
 from .aggregation import LNAMDTransformer
 from .features import ViTPatchTransformer, maps_to_original, masks_to_input
 from .rescoring import RsCINRescorer
@@ -17,6 +18,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "FeatureSets",
+    "ImageFiles",
     "ImageScores",
     "LNAMDTransformer",
     "MutualScoringDetector",

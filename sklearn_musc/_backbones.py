@@ -128,8 +128,7 @@ def resolve_pretrained(family, name, pretrained):
     ):
         # absolute, so that a pickled model finds its weights from any working directory
         path = Path(pretrained).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
+        _check_weights_path(path)
         return "file", path
     if pretrained is True or pretrained == "default":
         pretrained = True
@@ -175,13 +174,40 @@ def resolve_pretrained(family, name, pretrained):
     return "tag", pretrained
 
 
+def _check_weights_path(path):
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"weights path {path} is a folder; give the weights file itself "
+            "(.safetensors, .pt, .pth, .bin)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+
+
+def _weights_format(path):
+    """"safetensors", "torch" (zip or pickle) or None, from the first bytes of the file."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+        return "safetensors"
+    return None
+
+
 def read_state_dict(path):
     """Read a state dict (.safetensors, or a torch pickle of tensors) as float32 tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    _check_weights_path(path)
+    kind = _weights_format(path)
+    if kind is None:
+        raise ValueError(
+            f"weights file {path} is neither a safetensors file nor a PyTorch checkpoint "
+            "(its first bytes are not either format's); give a state dict saved with "
+            "safetensors or torch.save"
+        )
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
@@ -337,12 +363,13 @@ def build_backbone(family, name, weights, image_size, kwargs=None):
         adapter = _build_open_clip(name, kind, value, image_size, kwargs)
     else:
         adapter = _build_timm(name, kind, value, image_size, kwargs)
+    if min(adapter.grid_size) < 1:  # before loading: the file is not to blame
+        raise ValueError(
+            f"image_size {tuple(image_size)} is smaller than the patch size {adapter.patch_size}; "
+            f"use at least {adapter.patch_size[0]} x {adapter.patch_size[1]}"
+        )
     if kind == "file":
         adapter.load_file(value)
-    if min(adapter.grid_size) < 1:
-        raise ValueError(
-            f"image_size {image_size} is smaller than the patch size {adapter.patch_size}"
-        )
     return adapter.eval().requires_grad_(False)
 
 

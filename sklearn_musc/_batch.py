@@ -133,6 +133,27 @@ class FeatureSets(_BatchMixin):
     def n_images(self):
         return self.features.shape[0]
 
+    # Pickling keeps the memory layout of ``features``: LNAMD stores each set
+    # contiguously (set-major), which a plain pickle or a joblib dump would turn
+    # into C order. The layout is part of joblib.hash, so without this a batch
+    # loaded from a Pipeline(memory=...) cache hashes differently from the same
+    # batch freshly computed and the next step's cache misses.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        features = state["features"]
+        if isinstance(features, np.ndarray) and features.ndim >= 2 and not features.flags.c_contiguous:
+            swapped = features.swapaxes(0, 1)
+            if swapped.flags.c_contiguous:
+                state["features"] = swapped
+                state["_set_major"] = True
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        if state.pop("_set_major", False):
+            state["features"] = state["features"].swapaxes(0, 1)
+        self.__dict__.update(state)
+
     @property
     def grid_size(self):
         return tuple(self.features.shape[2:4])

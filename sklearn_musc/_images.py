@@ -24,15 +24,83 @@ Conversions:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["as_image_list", "load_image", "preprocess", "resize_crop_geometry"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "as_image_list", "load_image", "preprocess", "resize_crop_geometry"]
+
+#: File suffixes read as images (lower case), by the dataset loaders and the
+#: command line alike. GIF and WebP are read as their first frame.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageFiles(Sequence):
+    """Image file paths that hash by their files' size and modification time.
+
+    ``Pipeline(memory=...)`` (joblib) keys its cache on a hash of each step's
+    input. A list of paths hashes by the names only, so replacing an image
+    file on disk would be answered from the cache with the old file's tokens.
+    An ``ImageFiles`` hashes (and pickles) with each file's size and
+    modification time as they are at hashing time, so a changed file gives a
+    new key and is computed again. Use it wherever paths go into a cached
+    pipeline; everything that takes a list of paths takes it.
+
+    Parameters
+    ----------
+    paths : iterable of str or pathlib.Path
+        The image files.
+
+    Examples
+    --------
+    >>> import joblib, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
+    >>> _ = open(path, "wb").write(b"one")
+    >>> files = ImageFiles([path])
+    >>> before = joblib.hash(files)
+    >>> _ = open(path, "wb").write(b"other")
+    >>> joblib.hash(files) == before, list(files) == [path]
+    (False, True)
+    """
+
+    def __init__(self, paths):
+        if isinstance(paths, (str, os.PathLike)):
+            raise TypeError("ImageFiles takes a collection of paths; wrap a single path in a list")
+        self._paths = tuple(os.fspath(p) for p in paths)
+
+    def __len__(self):
+        return len(self._paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ImageFiles(self._paths[index])
+        return self._paths[index]
+
+    def __repr__(self):
+        return f"ImageFiles(<{len(self._paths)} files>)"
+
+    def fingerprint(self):
+        """(path, size in bytes, modification time in ns) of each file; None for a missing one."""
+        out = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+                out.append((path, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((path, None, None))
+        return tuple(out)
+
+    def __reduce__(self):
+        return _rebuild_image_files, (self._paths, self.fingerprint())
+
+
+def _rebuild_image_files(paths, fingerprint=None):
+    return ImageFiles(paths)
 
 
 def as_image_list(X):
@@ -135,7 +203,11 @@ def _open(path):
 
 def _from_pil(image, source):
     try:
-        image = ImageOps.exif_transpose(image)
+        # exif_transpose copies the image even when there is nothing to turn:
+        # call it only for an orientation other than "upright" (1), which saves
+        # a full-size copy of every ordinary photo.
+        if image.getexif().get(0x0112, 1) not in (1, None):
+            image = ImageOps.exif_transpose(image)
     except Exception as exc:  # a malformed EXIF block should not hide which image it was
         raise ValueError(f"cannot apply the EXIF orientation of image {source}: {exc}") from exc
     mode = image.mode

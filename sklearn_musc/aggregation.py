@@ -1,5 +1,7 @@
 """Local Neighbourhood Aggregation with Multiple Degrees (LNAMD), SPEC section 2."""
 
+import numbers
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -156,7 +158,8 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         r_list = check_int_list(self.r_list, "r_list", odd=True)
         if self.aggregation not in ("mean", "similarity"):
             raise ValueError(f"aggregation must be 'mean' or 'similarity', got {self.aggregation!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not isinstance(self.batch_size, numbers.Integral) or isinstance(self.batch_size, bool) \
+                or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not _is_storage_dtype(self.dtype):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
@@ -204,8 +207,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         dtype = np.dtype(self.dtype)
         out = np.empty((len(self.set_index_), n, h, w, dim), dtype=dtype).transpose(1, 0, 2, 3, 4)
         with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                chunk = torch.as_tensor(X.tokens[start : start + self.batch_size])
+            step = int(self.batch_size)
+            for start in range(0, n, step):
+                chunk = torch.as_tensor(X.tokens[start : start + step])
                 chunk = chunk.to(self.device_, torch.float32)
                 check_finite(chunk, "tokens")
                 stop = start + chunk.shape[0]

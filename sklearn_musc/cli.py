@@ -1,8 +1,18 @@
-"""Command line: ``sklearn-musc score DIR --out OUT`` and ``sklearn-musc demo``."""
+"""Command line: ``sklearn-musc score DIR --out OUT`` and ``sklearn-musc demo``.
+
+Three parts, one concern each:
+
+* inputs (:mod:`sklearn_musc._inputs`): the image files and every option are
+  checked before any model runs;
+* computing (:func:`compute`): the MuSc pipeline over the batch, one stage
+  line on stderr per step, into a plain :class:`~sklearn_musc._outputs.ScoreResults`;
+* outputs (:class:`~sklearn_musc._outputs.OutputFolder`): the files written
+  from that results object, atomically.
+"""
 
 import argparse
 import contextlib
-import csv
+import math
 import socket
 import sys
 import time
@@ -11,15 +21,38 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.pipeline import Pipeline
 
-from . import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
-from ._images import load_image
-from .features import maps_to_original
+from . import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, __version__
+from ._backbones import _check_weights_path, _weights_format, resolve_backbone
+from ._device import resolve_device
+from ._images import IMAGE_SUFFIXES, ImageFiles
+from ._inputs import InputError, check_readable, collect_images, display_name
+from ._outputs import OutputFolder, ScoreResults, output_names
+from ._validation import check_contamination, check_int_list
+from .features import _check_size, maps_to_original
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEMO_BACKBONE = "timm:vit_small_patch14_dinov2.lvd142m"
+
+EXIT_OK, EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+EPILOG = """\
+outputs (in --out): scores.csv, summary.json, report.html, overlays/<name>.png,
+maps/<name>.npy (float32 at the model input size), masks/ when masks exist;
+<name> is the image's path under DIR, suffix kept (sub/x.jpg -> overlays/sub/x.jpg.png).
+Hidden files and folders, the output folder and earlier runs' output folders are
+never read as input. A folder holding an earlier run is refused unless --overwrite.
+
+exit status: 0 success; 2 bad usage or input (an option, the input or output
+folder, an unreadable image, the weights file or backbone name) -- nothing was
+computed or written; 3 failure while running (weights not available offline, out
+of memory, any other error; run again with --debug for the traceback);
+130 interrupted (Ctrl-C): no output file is left half written.
+"""
+
+
+class WeightsUnavailable(Exception):
+    """Pretrained weights that cannot be downloaded (offline, nothing cached)."""
 
 
 def _image_size(text):
@@ -27,16 +60,26 @@ def _image_size(text):
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return tuple(values)
-    raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW in pixels, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW in positive pixels, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _contamination(text):
-    return text if text == "auto" else float(text)
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a share in (0, 0.5], got {text!r}")
+    return value
+
+
+def _add_common_options(parser):
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _add_model_options(parser, *, backbone, image_size):
@@ -48,14 +91,16 @@ def _add_model_options(parser, *, backbone, image_size):
     g.add_argument("--weights", type=Path, default=None, help="local weights file (offline); overrides --pretrained")
     g.add_argument("--image-size", type=_image_size, default=image_size, help="N or HxW (default %(default)s)")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="0-based blocks (default: 4 stage ends)")
-    g.add_argument("--r-list", type=int, nargs="+", default=[1, 3, 5], help="LNAMD degrees")
-    g.add_argument("--k-list", type=int, nargs="+", default=[1, 2, 3], help="RsCIN windows")
+    g.add_argument("--r-list", type=int, nargs="+", default=[1, 3, 5], help="LNAMD degrees (odd)")
+    g.add_argument("--k-list", type=int, nargs="+", default=[1, 2, 3], help="RsCIN windows (>= 1)")
     g.add_argument("--contamination", type=_contamination, default="auto", help="'auto' or a share in (0, 0.5]")
     g.add_argument("--max-subset-size", type=int, default=None, help="score random subsets of at most this size")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--no-overlays", action="store_true", help="do not write heat-map PNGs")
+    o = parser.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar (stage lines are still shown)")
+    o.add_argument("--no-overlays", action="store_true", help="do not write heat-map PNGs")
+    _add_common_options(parser)
 
 
 def build_pipeline(args, pretrained):
@@ -72,68 +117,72 @@ def build_pipeline(args, pretrained):
     ])
 
 
-def find_images(directory):
-    """Every image file under ``directory``, sorted; an error when there are none."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SystemExit(f"error: {directory} is not a directory")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _stage(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- (a) inputs
+
+
+def check_options(args):
+    """Every option that can be checked without images or a model; InputError when one is bad."""
+    def check(fn, *a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (ValueError, TypeError) as exc:
+            raise InputError(str(exc)) from None
+
+    check(check_int_list, args.r_list, "--r-list", odd=True)
+    check(check_int_list, args.k_list, "--k-list")
+    check(check_contamination, args.contamination)
+    check(_check_size, args.image_size, "--image-size")
+    if args.max_subset_size is not None and args.max_subset_size < 2:
+        raise InputError(f"--max-subset-size must be 2 or more, got {args.max_subset_size}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    check(resolve_device, args.device)
+    check(resolve_backbone, args.backbone)
+    if args.weights is not None:
+        try:
+            _check_weights_path(args.weights)
+            kind = _weights_format(args.weights)
+        except OSError as exc:
+            raise InputError(f"--weights: {exc}") from None
+        if kind is None:
+            raise InputError(f"--weights {args.weights} is neither a safetensors file nor a "
+                             "PyTorch checkpoint; give the backbone's state dict")
+
+
+def collect_inputs(args, directory):
+    """The readable image files under ``directory`` and the unreadable ones (skipped or fatal)."""
+    root = Path(directory)
+    paths = collect_images(root, args.out)
+    names = [display_name(p, root) for p in paths]
+    output_names(names)
+    bad = check_readable(paths)
+    skipped = []
+    if bad:
+        first = bad[0]
+        if not getattr(args, "skip_unreadable", False):
+            more = f" ({len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
+            raise InputError(f"cannot read image {display_name(first.path, root)}: {first.reason}{more}; "
+                             "fix or remove it, or pass --skip-unreadable")
+        bad_paths = {b.path for b in bad}
+        skipped = [(display_name(b.path, root), b.reason) for b in bad]
+        for name, reason in skipped:
+            print(f"skipping unreadable image {name}: {reason}", file=sys.stderr)
+        kept = [(p, n) for p, n in zip(paths, names) if p not in bad_paths]
+        paths, names = [p for p, _ in kept], [n for _, n in kept]
     if len(paths) < 2:
-        raise SystemExit(f"error: found {len(paths)} image(s) under {directory}; mutual scoring needs 2 or more")
-    return paths
-
-
-def _overlay(image, amap, vmin, vmax):
-    from .plotting import anomaly_map_rgb
-
-    return anomaly_map_rgb(image, amap, vmin=vmin, vmax=vmax)
-
-
-def write_results(pipe, paths, root, out):
-    """scores.csv (path, score, label, msm_score) and heat-map overlays."""
-    out.mkdir(parents=True, exist_ok=True)
-    msm, rscin = pipe["msm"], pipe["rscin"]
-    rel = [str(p.relative_to(root)) for p in paths]
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "label", "msm_score"])
-        for name, score, label, raw in zip(rel, rscin.anomaly_scores_, rscin.labels_, msm.anomaly_scores_):
-            writer.writerow([name, f"{score:.6f}", "anomalous" if label == -1 else "normal", f"{raw:.6f}"])
-    return out / "scores.csv"
-
-
-def write_overlays(pipe, paths, root, out):
-    """One PNG per image: its anomaly map at the original resolution on top of it.
-
-    The colour scale is shared by the batch, so that colours compare across images.
-    """
-    msm = pipe["msm"]
-    vit = pipe["vit"]
-    vmin, vmax = float(msm.anomaly_maps_.min()), float(msm.anomaly_maps_.max())
-    for i, path in enumerate(paths):
-        image, size = load_image(str(path), str(path))
-        amap = maps_to_original(msm.anomaly_maps_[i : i + 1], [size], vit.input_size_)[0]
-        target = out / "overlays" / path.relative_to(root).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_overlay(np.asarray(image), amap, vmin, vmax)).save(target)
-    return out / "overlays"
-
-
-def print_summary(pipe, paths, root, seconds, stream=None):
-    stream = stream or sys.stdout
-    rscin = pipe["rscin"]
-    n = len(paths)
-    flagged = int((rscin.labels_ == -1).sum())
-    print(f"scored {n} images in {seconds:.1f} s: {flagged} anomalous, {n - flagged} normal "
-          f"(threshold {rscin.threshold_:.3f} on scores in [0, 1])", file=stream)
-    if rscin.contamination == "auto":
-        print("  (contamination 'auto' assumes fewer than half of the images are defective; "
-              "if more are, give the expected share with --contamination)", file=stream)
-    order = np.argsort(-rscin.anomaly_scores_)
-    print("most anomalous:", file=stream)
-    for i in order[: min(5, n)]:
-        verdict = "anomalous" if rscin.labels_[i] == -1 else "normal"
-        print(f"  {rscin.anomaly_scores_[i]:.3f}  {verdict:9s}  {paths[i].relative_to(root)}", file=stream)
+        suffixes = " ".join(IMAGE_SUFFIXES)
+        raise InputError(f"found {len(paths)} readable image(s) under {root} (suffixes {suffixes}; hidden "
+                         "files skipped); mutual scoring needs 2 or more")
+    if args.max_subset_size is not None:
+        n_subsets = math.ceil(len(paths) / args.max_subset_size)
+        if len(paths) // n_subsets < 2:
+            raise InputError(f"{len(paths)} images cannot be split into subsets of at most "
+                             f"{args.max_subset_size} with 2 or more each; raise --max-subset-size")
+    return paths, names, skipped
 
 
 def _pretrained(args):
@@ -145,29 +194,13 @@ def _pretrained(args):
     return None if args.pretrained.lower() == "none" else args.pretrained
 
 
-def run_score(args, directory, pretrained):
-    root = Path(directory)
-    paths = find_images(root)
-    pipe = build_pipeline(args, pretrained)
-    start = time.perf_counter()
-    pipe.fit_predict([str(p) for p in paths])
-    seconds = time.perf_counter() - start
-    out = Path(args.out)
-    csv_path = write_results(pipe, paths, root, out)
-    print_summary(pipe, paths, root, seconds)
-    print(f"wrote {csv_path}")
-    if not args.no_overlays:
-        print(f"wrote {write_overlays(pipe, paths, root, out)}/")
-    return pipe, paths
-
-
 def _hub_reachable(host="huggingface.co", timeout=5.0):
-    def lookup():
-        socket.getaddrinfo(host, 443)
+    def connect():
+        socket.create_connection((host, 443), timeout=timeout).close()
 
     with ThreadPoolExecutor(1) as pool:
         try:
-            pool.submit(lookup).result(timeout=timeout)
+            pool.submit(connect).result(timeout=timeout)
             return True
         except (OSError, FutureTimeout):
             return False
@@ -181,9 +214,126 @@ def _offline_unless_reachable():
     previous = hub.HF_HUB_OFFLINE
     hub.HF_HUB_OFFLINE = previous or not _hub_reachable()
     try:
-        yield
+        yield hub.HF_HUB_OFFLINE
     finally:
         hub.HF_HUB_OFFLINE = previous
+
+
+def load_backbone(vit):
+    """Fit (build) the ViT step; weights that cannot be had offline raise WeightsUnavailable."""
+    if vit.pretrained is None or _looks_like_file(vit.pretrained):
+        return vit.fit()
+    with _offline_unless_reachable() as offline:
+        try:
+            return vit.fit()
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:
+            where = ("huggingface.co cannot be reached and they are not in the local cache" if offline
+                     else f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            raise WeightsUnavailable(
+                f"cannot load the pretrained weights of {vit.backbone}: {where}; give a local weights "
+                "file with --weights FILE (or --pretrained none for random weights)") from exc
+
+
+def _looks_like_file(pretrained):
+    return isinstance(pretrained, (str, Path)) and (Path(pretrained).suffix or "/" in str(pretrained))
+
+
+# --------------------------------------------------------------------------- (b) computing
+
+
+def compute(pipe, paths, names, *, skipped=(), settings=None):
+    """Run the fitted-backbone pipeline over the batch; a ScoreResults."""
+    vit, lnamd, msm, rscin = (pipe[k] for k in ("vit", "lnamd", "msm", "rscin"))
+    timings = {}
+    n = len(paths)
+    start = time.perf_counter()
+    _stage(f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, {vit.input_size_[0]} x "
+           f"{vit.input_size_[1]} px, device {vit.device_})")
+    tokens = vit.transform(ImageFiles(paths))
+    timings["vit"] = time.perf_counter() - start
+    t = time.perf_counter()
+    _stage(f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})")
+    feats = lnamd.fit_transform(tokens)
+    del tokens
+    timings["lnamd"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _stage(f"[4/5] mutual scoring of {n} images ({feats.features.shape[1]} feature sets)")
+    image_scores = msm.fit_transform(feats)
+    del feats
+    timings["mutual_scoring"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _stage(f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})")
+    rscin.fit(image_scores)
+    timings["rscin"] = time.perf_counter() - t
+    timings["scoring_total"] = time.perf_counter() - start
+    return ScoreResults(
+        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
+        detector_scores=msm.anomaly_scores_, threshold=rscin.threshold_,
+        anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
+        input_size=vit.input_size_, masks=None, settings=dict(settings or {}), timings=timings,
+        skipped=skipped,
+    )
+
+
+def _settings(args, pipe):
+    vit = pipe["vit"]
+    return {
+        "backbone": vit.backbone_, "pretrained": None if args.weights is not None else _pretrained(args),
+        "weights": str(args.weights) if args.weights is not None else None,
+        "image_size": list(vit.input_size_), "layers": list(vit.layers_),
+        "r_list": list(args.r_list), "k_list": list(args.k_list),
+        "contamination": args.contamination, "max_subset_size": args.max_subset_size,
+        "device": str(vit.device_), "batch_size": args.batch_size,
+    }
+
+
+def print_summary(results, seconds, contamination="auto", stream=None):
+    stream = stream or sys.stdout
+    n, flagged = len(results.names), results.n_anomalous
+    print(f"scored {n} images in {seconds:.1f} s: {flagged} anomalous, {n - flagged} normal "
+          f"(threshold {results.threshold:.3f})", file=stream)
+    if contamination == "auto":
+        print("  (contamination 'auto' assumes fewer than half of the images are defective; "
+              "if more are, give the expected share with --contamination)", file=stream)
+    if results.skipped:
+        print(f"  {len(results.skipped)} unreadable image(s) skipped (listed in summary.json)", file=stream)
+    order = np.argsort(-results.scores, kind="stable")
+    print("most anomalous:", file=stream)
+    for i in order[: min(5, n)]:
+        verdict = "anomalous" if results.labels[i] == -1 else "normal"
+        print(f"  {results.scores[i]:.3f}  {verdict:9s}  {results.names[i]}", file=stream)
+
+
+def run_score(args, directory, pretrained):
+    """Check everything, compute, write; returns the ScoreResults."""
+    t0 = time.perf_counter()
+    check_options(args)
+    folder = OutputFolder(args.out, overwrite=args.overwrite)
+    folder.check()
+    paths, names, skipped = collect_inputs(args, directory)
+    pipe = build_pipeline(args, pretrained)
+    _stage(f"[1/5] loading the backbone {args.backbone}")
+    t = time.perf_counter()
+    vit = load_backbone(pipe["vit"])
+    r_max, grid = max(args.r_list), vit.grid_size_
+    if r_max > 2 * min(grid) - 1:
+        raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
+                         f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
+    load_seconds = time.perf_counter() - t
+    args.phase = "compute"  # from here on, a library error is a runtime failure (exit 3)
+    results = compute(pipe, paths, names, skipped=skipped, settings=_settings(args, pipe))
+    results.timings = {"checks": t - t0, "load_backbone": load_seconds, **results.timings}
+    print_summary(results, results.timings["scoring_total"], args.contamination)
+    t = time.perf_counter()
+    files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
+    print(f"wrote {len(files)} files to {folder.path}/ (scores.csv, summary.json, report.html"
+          f"{', overlays/' if not args.no_overlays else ''}, maps/) in {time.perf_counter() - t:.1f} s")
+    return results
+
+
+# --------------------------------------------------------------------------- demo
 
 
 def _demo_pretrained(args):
@@ -192,13 +342,12 @@ def _demo_pretrained(args):
     if pretrained is None or args.weights is not None:
         return pretrained
     try:
-        with _offline_unless_reachable():
-            ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
-                                device="cpu", progress=False).fit()
+        load_backbone(ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained,
+                                          image_size=args.image_size, device="cpu", progress=False))
         return pretrained
-    except Exception as exc:  # no network and nothing cached
+    except WeightsUnavailable as exc:  # no network and nothing cached
         print(
-            f"warning: could not load pretrained weights for {args.backbone} ({type(exc).__name__}: "
+            f"warning: could not load pretrained weights for {args.backbone} ({exc.__cause__.__class__.__name__}: "
             "no network and nothing cached?); running the demo with a RANDOMLY INITIALISED backbone, "
             "so the maps show the mechanics only. Give a weights file with --weights FILE.",
             file=sys.stderr,
@@ -210,47 +359,112 @@ def run_demo(args):
     from .datasets import load_masks, load_mvtec, make_synthetic_defects, save_synthetic_defects
 
     out = Path(args.out)
+    args.overwrite = True  # the demo folder is the demo's own: each run replaces it
+    check_options(args)
     data = make_synthetic_defects(n_images=16, n_anomalous=4, image_size=224, kind="object", random_state=0)
     saved = save_synthetic_defects(out / "images", data=data, overwrite=True)
     print(f"demo batch: {len(data.labels)} synthetic images, {int(data.labels.sum())} with defects "
           f"(scratch, spot, missing part), in {out / 'images'}")
-    pipe, paths = run_score(args, out / "images" / "test", _demo_pretrained(args))
+    results = run_score(args, out / "images" / "test", _demo_pretrained(args))
     truth = load_mvtec(saved.root, saved.category)
-    _print_demo_check(pipe, paths, truth, load_masks(truth))
+    _print_demo_check(results, truth, load_masks(truth))
 
 
-def _print_demo_check(pipe, paths, truth, masks):
+def _print_demo_check(results, truth, masks):
     """Compare with the planted defects: image and pixel AUROC, hits and false alarms."""
     from sklearn.metrics import roc_auc_score
 
     index = {Path(p).resolve(): i for i, p in enumerate(truth.paths)}
-    order = [index[p.resolve()] for p in paths]
+    order = [index[p.resolve()] for p in results.paths]
     labels, masks = truth.labels[order], masks[order]
-    rscin, msm = pipe["rscin"], pipe["msm"]
-    maps = np.stack(maps_to_original(msm.anomaly_maps_, [m.shape for m in masks], pipe["vit"].input_size_))
-    found = rscin.labels_ == -1
-    print(f"check against the planted defects: image AUROC {roc_auc_score(labels, rscin.anomaly_scores_):.3f}, "
+    maps = np.stack(maps_to_original(results.anomaly_maps, [m.shape for m in masks], results.input_size))
+    found = results.labels == -1
+    print(f"check against the planted defects: image AUROC {roc_auc_score(labels, results.scores):.3f}, "
           f"pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}; "
           f"{int((found & (labels == 1)).sum())} of {int(labels.sum())} defective images flagged, "
           f"{int((found & (labels == 0)).sum())} false alarms")
 
 
-def main(argv=None):
+# --------------------------------------------------------------------------- main
+
+
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="sklearn-musc",
         description="Zero-shot anomaly detection (MuSc) on a batch of unlabeled images.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"sklearn-musc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score every image under DIR as one batch")
+    score = sub.add_parser("score", help="score every image under DIR as one batch", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     score.add_argument("directory", metavar="DIR")
-    score.add_argument("--out", required=True, help="folder for scores.csv and overlays/")
+    score.add_argument("--out", required=True, help="folder for the results (see below)")
+    score.add_argument("--overwrite", action="store_true",
+                       help="replace the outputs of an earlier run in --out (the files it wrote are removed)")
+    score.add_argument("--skip-unreadable", action="store_true",
+                       help="leave out images that cannot be read (listed on stderr and in summary.json) "
+                            "instead of stopping")
     _add_model_options(score, backbone="open_clip:ViT-L-14-336", image_size=518)
-    demo = sub.add_parser("demo", help="generate a small synthetic batch with defects and score it")
-    demo.add_argument("--out", default="musc-demo", help="folder for the images and results (default %(default)s)")
+    demo = sub.add_parser("demo", help="generate a small synthetic batch with defects and score it",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--out", default="musc-demo",
+                      help="folder for the images and results, replaced on each run (default %(default)s)")
     _add_model_options(demo, backbone=DEMO_BACKBONE, image_size=224)
+    return parser
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (argparse's own errors exit with 2)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(args)
-    else:
-        run_score(args, args.directory, _pretrained(args))
-    return 0
+    args.argv = ["sklearn-musc", *argv]
+    try:
+        if args.command == "demo":
+            run_demo(args)
+        else:
+            run_score(args, args.directory, _pretrained(args))
+        return EXIT_OK
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("sklearn-musc: interrupted; no output file was left half written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"sklearn-musc: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except WeightsUnavailable as exc:
+        if args.debug:
+            raise
+        print(f"sklearn-musc: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        # The library's own checks before computing (backbone, layers, weights file): bad input.
+        if args.debug:
+            raise
+        if getattr(args, "phase", None) == "compute":
+            print(f"sklearn-musc: error: {_one_line(exc)} (run with --debug for the traceback)",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"sklearn-musc: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as exc:
+        if args.debug:
+            raise
+        print(f"sklearn-musc: error: out of memory: {_one_line(exc)}; try --max-subset-size, a smaller "
+              "--image-size or --batch-size (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"sklearn-musc: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_FAILURE

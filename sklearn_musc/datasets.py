@@ -45,6 +45,8 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch, check_random_state
 
+from ._images import IMAGE_SUFFIXES
+
 __all__ = [
     "list_categories",
     "load_btad",
@@ -55,7 +57,7 @@ __all__ = [
     "save_synthetic_defects",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list for the loaders and the command line
 
 _LAYOUTS = {
     "mvtec": "ROOT/<category>/test/<defect>/NNN.png (MVTec AD)",

@@ -46,6 +46,7 @@ def default_layers(n_blocks):
 
 
 def _check_size(size, name):
+    given = size
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)
     try:
@@ -55,7 +56,8 @@ def _check_size(size, name):
     if len(size) != 2 or not all(
         isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size
     ):
-        raise ValueError(f"{name} must be a positive int or a (height, width) pair, got {size!r}")
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive "
+                         f"ints, got {given!r}")
     return int(size[0]), int(size[1])
 
 

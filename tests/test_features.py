@@ -366,8 +366,12 @@ def test_bad_weights_files_are_named(tmp_path):
         tiny(TIMM, 56, pretrained=path).fit()
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"nonsense" * 10)
-    with pytest.raises(ValueError, match="cannot read weights file .*garbage.safetensors"):
+    with pytest.raises(ValueError, match="garbage.safetensors is neither a safetensors file"):
         tiny(TIMM, 56, pretrained=garbage).fit()
+    truncated = tmp_path / "truncated.safetensors"  # the right magic, then cut short
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    with pytest.raises(ValueError, match="cannot read weights file .*truncated.safetensors"):
+        tiny(TIMM, 56, pretrained=truncated).fit()
     listing = tmp_path / "list.pt"
     torch.save([1, 2, 3], listing)
     with pytest.raises(ValueError, match=r"list\.pt does not hold a state dict"):

@@ -1,0 +1,494 @@
+"""Writing the outputs of a scoring run from a plain results object.
+
+Any scoring path (the batch ``score`` command today, a saved novelty model
+later) builds a :class:`ScoreResults` and hands it to :class:`OutputFolder`,
+which writes the same files for all of them::
+
+    OUT/scores.csv               path, score, label, msm_score (one row per image)
+    OUT/summary.json             settings, versions, timings, per-image results
+    OUT/report.html              images sorted by score, with overlays and a histogram
+    OUT/overlays/<name>.png      each image with its anomaly map on top (original size)
+    OUT/maps/<name>.npy          each anomaly map, float32, at the model input size
+    OUT/masks/<name>.png         each binary mask (original size), when masks are given
+    OUT/.sklearn-musc-run.json   the list of files this run wrote (hidden)
+
+``<name>`` is the image's path relative to the input folder, suffix kept
+(``sub/x.jpg`` -> ``overlays/sub/x.jpg.png``), so names never collide.
+
+Everything is written under a hidden staging folder first and moved into
+place when complete, ``summary.json`` last: an interrupted or failed run
+leaves no file that looks finished. A folder that holds an earlier run's
+outputs is refused unless ``overwrite=True``, which then removes the files
+that run wrote (its manifest lists them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter
+
+from ._images import load_image, resize_crop_geometry
+from ._inputs import RUN_MANIFEST, InputError
+
+__all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
+
+TOP_FILES = ("scores.csv", "summary.json", "report.html")
+DATA_DIRS = ("overlays", "maps", "masks")
+_STAGE_PREFIX = ".sklearn-musc-partial-"
+_BAND_ROWS = 512  # overlay rows blended at once: bounds the temporary memory per image
+
+
+@dataclass
+class ScoreResults:
+    """What a scoring run found, in the form the output writer takes.
+
+    Attributes
+    ----------
+    paths : sequence of path
+        The image files, in the order of the other per-image fields.
+    names : sequence of str
+        Display names (path relative to the input folder, "/" separators,
+        valid UTF-8): the ``path`` column and the mirrored output names.
+    scores : ndarray of shape (n,)
+        Final image scores (after re-scoring), higher is more anomalous.
+    labels : ndarray of shape (n,)
+        -1 anomalous, 1 normal.
+    detector_scores : ndarray of shape (n,)
+        Image scores of the detector before re-scoring (``msm_score``).
+    threshold : float
+        The score above which an image is anomalous.
+    anomaly_maps : ndarray of shape (n, H, W)
+        Anomaly maps at the model input size (``input_size``).
+    original_sizes : sequence of (int, int)
+        (height, width) of each image file, upright.
+    input_size : (int, int)
+        Model input (height, width).
+    masks : ndarray of shape (n, H, W) or sequence of 2-D arrays, optional
+        Binary anomaly masks per image, at the input size or at the image's
+        original size (nonzero = anomalous); written as PNGs and outlined on
+        the overlays.
+    settings : dict
+        The options of the run, recorded in ``summary.json``.
+    timings : dict
+        Seconds per stage, recorded in ``summary.json``.
+    skipped : sequence of (str, str)
+        (name, reason) of the images left out as unreadable.
+    """
+
+    paths: Sequence
+    names: Sequence[str]
+    scores: np.ndarray
+    labels: np.ndarray
+    detector_scores: np.ndarray
+    threshold: float
+    anomaly_maps: np.ndarray
+    original_sizes: Sequence[Tuple[int, int]]
+    input_size: Tuple[int, int]
+    masks: Optional[Sequence] = None
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    skipped: Sequence[Tuple[str, str]] = ()
+
+    def __post_init__(self):
+        n = len(self.paths)
+        self.paths = [Path(p) for p in self.paths]
+        self.names = [str(s) for s in self.names]
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.labels = np.asarray(self.labels).reshape(-1)
+        self.detector_scores = np.asarray(self.detector_scores, dtype=np.float64).reshape(-1)
+        self.anomaly_maps = np.asarray(self.anomaly_maps, dtype=np.float32)
+        self.original_sizes = [(int(h), int(w)) for h, w in self.original_sizes]
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.threshold = float(self.threshold)
+        lengths = {len(self.names), len(self.scores), len(self.labels), len(self.detector_scores),
+                   len(self.anomaly_maps), len(self.original_sizes)}
+        if lengths != {n}:
+            raise ValueError(f"every per-image field of ScoreResults must have {n} entries")
+        if self.anomaly_maps.ndim != 3 or self.anomaly_maps.shape[1:] != self.input_size:
+            raise ValueError(
+                f"anomaly_maps must have shape (n, {self.input_size[0]}, {self.input_size[1]}) "
+                f"(the input size), got {self.anomaly_maps.shape}"
+            )
+        if self.masks is not None and len(self.masks) != n:
+            raise ValueError(f"masks must hold one mask per image ({n}), got {len(self.masks)}")
+        self.skipped = [(str(a), str(b)) for a, b in self.skipped]
+
+    @property
+    def n_anomalous(self):
+        return int((self.labels == -1).sum())
+
+
+def output_names(names):
+    """The mirrored output name of each image; an error when two would collide."""
+    seen = {}
+    for name in names:
+        key = name.casefold()  # also distinct on case-insensitive file systems
+        if key in seen:
+            raise InputError(
+                f"images {seen[key]!r} and {name!r} would get the same output files; rename one"
+            )
+        seen[key] = name
+    return list(names)
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def _jet_palette():
+    from .plotting import _lut
+
+    lut = np.clip(np.rint(_lut("jet", 256) * 255.0), 0, 255).astype(np.uint8)
+    return lut.reshape(-1).tolist()
+
+
+def _scale_index(values, vmin, vmax):
+    """Map values to colour indices 0..255 by (vmin, vmax), clipped."""
+    if vmax > vmin:
+        t = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+    else:
+        t = (values > vmin).astype(np.float32)
+    return np.rint(t * 255.0).astype(np.uint8)
+
+
+def _crop_box(original_size, input_size):
+    """(x0, y0, x1, y1): where the model input lies on the original image."""
+    h0, w0 = original_size
+    (rh, rw), (top, left) = resize_crop_geometry((h0, w0), input_size)
+    y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + input_size[0]))
+    x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + input_size[1]))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def _to_original(small, original_size, input_size, resample, fill):
+    """An L image at input size onto the original image: resized into the crop box, rest ``fill``."""
+    h0, w0 = original_size
+    x0, y0, x1, y1 = _crop_box(original_size, input_size)
+    inner = small.resize((x1 - x0, y1 - y0), resample)
+    if fill == "min":  # as maps_to_original: the unseen borders at the resized map's minimum
+        fill = inner.getextrema()[0]
+    full = Image.new("L", (w0, h0), int(fill))
+    full.paste(inner, (x0, y0))
+    return full
+
+
+def mask_to_original(mask, original_size, input_size):
+    """A binary mask (input size, or already original size) as an L image (0/255) at original size."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be 2-D, got shape {mask.shape}")
+    small = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
+    if mask.shape == tuple(original_size):
+        return small
+    if mask.shape != tuple(input_size):
+        raise ValueError(
+            f"a mask must have the input size {tuple(input_size)} or the image's size "
+            f"{tuple(original_size)}, got {mask.shape}"
+        )
+    return _to_original(small, original_size, input_size, Image.NEAREST, 0)
+
+
+def _as_rgb8(image):
+    """A PIL RGB image from what load_image returns (float images converted band by band)."""
+    if isinstance(image, Image.Image):
+        return image
+    out = np.empty(image.shape[:2] + (3,), dtype=np.uint8)
+    for y in range(0, image.shape[0], _BAND_ROWS):
+        band = image[y : y + _BAND_ROWS]
+        out[y : y + _BAND_ROWS] = np.rint(np.clip(band, 0.0, 1.0) * 255.0)
+    return Image.fromarray(out)
+
+
+def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=0.5,
+                   palette=None):
+    """An image with its anomaly map (at the input size) on top, at the image's size.
+
+    The map is put back on the image as :func:`~sklearn_musc.maps_to_original`
+    does (bilinear into the region the model saw, the borders it did not see
+    at the map's minimum), coloured with jet on ``(vmin, vmax)`` and blended
+    as ``(1 - alpha) * image + alpha * colour``, like
+    :func:`~sklearn_musc.plotting.anomaly_map_rgb` (to within one of its 256
+    colour steps). Everything is 8-bit and blended in bands of rows, so an
+    8000 x 8000 photo needs a few hundred MB, not gigabytes. A mask's outline
+    is drawn in white.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image (RGB) or ndarray (H, W, 3) float in [0, 1]
+        The image, as :func:`~sklearn_musc._images.load_image` returns it.
+    anomaly_map : ndarray of shape input_size
+    input_size : (int, int)
+    vmin, vmax : float
+        The colour scale.
+    mask : ndarray or PIL L image, optional
+        Binary mask at the input size or the image's size.
+
+    Returns
+    -------
+    overlay : PIL.Image.Image, mode "RGB"
+    """
+    base = _as_rgb8(image)
+    size = (base.height, base.width)
+    index = _scale_index(np.asarray(anomaly_map, dtype=np.float32), vmin, vmax)
+    full = _to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
+    full.putpalette(palette or _jet_palette())  # L -> P: the index image, coloured on conversion
+    out = Image.new("RGB", (size[1], size[0]))
+    for y in range(0, size[0], _BAND_ROWS):
+        box = (0, y, size[1], min(size[0], y + _BAND_ROWS))
+        colours = full.crop(box).convert("RGB")
+        out.paste(Image.blend(base.crop(box), colours, alpha), box[:2])
+        del colours
+    del full
+    if mask is not None:
+        if not isinstance(mask, Image.Image):
+            mask = mask_to_original(mask, size, input_size)
+        eroded = mask.filter(ImageFilter.MinFilter(3))
+        outline = ImageChops.subtract(mask, eroded)
+        out.paste((255, 255, 255), (0, 0), outline)
+    return out
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def _versions():
+    import joblib
+    import PIL
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    versions = {"sklearn_musc": __version__, "python": platform.python_version(),
+                "numpy": np.__version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+                "pillow": PIL.__version__, "joblib": joblib.__version__}
+    for module, name in (("timm", "timm"), ("open_clip", "open_clip_torch")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            versions[name] = getattr(mod, "__version__", "unknown")
+    return versions
+
+
+def _finite(x):
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+class OutputFolder:
+    """The output folder of a scoring run.
+
+    Parameters
+    ----------
+    path : path
+        The folder (created when missing).
+    overwrite : bool, default=False
+        Replace an earlier run's outputs (removing the files it wrote) instead
+        of refusing to mix with them.
+    log : file, default=sys.stderr
+        Where progress and warnings go.
+    """
+
+    def __init__(self, path, overwrite=False, log=None):
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.log = log if log is not None else sys.stderr
+
+    # ------------------------------------------------------------------ checks
+
+    def earlier_run(self):
+        """The files of an earlier run in the folder (from its manifest, or the known names)."""
+        manifest = self.path / RUN_MANIFEST
+        if manifest.is_file():
+            try:
+                listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+                return [f for f in listed if isinstance(f, str)], True
+            except (ValueError, KeyError, TypeError, OSError):
+                return list(TOP_FILES), True
+        found = [name for name in TOP_FILES if (self.path / name).exists()]
+        found += [d for d in DATA_DIRS if (self.path / d).is_dir() and any((self.path / d).iterdir())]
+        return found, False
+
+    def check(self):
+        """Before any model runs: the folder is usable and holds no earlier run (or may replace it)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"--out {self.path} exists and is not a folder; give a folder path")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f"{_STAGE_PREFIX}{os.getpid()}-probe"
+            probe.mkdir(exist_ok=True)
+            (probe / "x").write_bytes(b"")
+            shutil.rmtree(probe)
+        except OSError as exc:
+            raise InputError(f"cannot write to the output folder {self.path}: "
+                             f"{exc.strerror or exc}; choose another --out") from None
+        found, _ = self.earlier_run()
+        if found and not self.overwrite:
+            shown = [f for f in TOP_FILES + DATA_DIRS if f in found] or sorted(found)
+            raise InputError(
+                f"{self.path} holds the outputs of an earlier run ({', '.join(shown[:3])}"
+                f"{', ...' if len(found) > 3 else ''}); use --overwrite to replace them, or "
+                "choose another --out"
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, results, overlays=True, maps=True, report=True, command=None):
+        """Write every output of ``results``; returns the list of written files (relative)."""
+        self.check()
+        names = output_names(results.names)
+        stage = self.path / f"{_STAGE_PREFIX}{os.getpid()}"
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir()
+        try:
+            files = self._write_stage(stage, results, names, overlays, maps, report, command)
+            self._commit(stage, files)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return files
+
+    def _write_stage(self, stage, results, names, overlays, maps, report, command):
+        files = ["scores.csv"]
+        n = len(names)
+        with open(stage / "scores.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "score", "label", "msm_score"])
+            for name, score, label, raw in zip(names, results.scores, results.labels,
+                                               results.detector_scores):
+                writer.writerow([name, f"{score:.6f}", "anomalous" if label == -1 else "normal",
+                                 f"{raw:.6f}"])
+        per_image = [dict(path=name, score=_finite(s), label="anomalous" if lab == -1 else "normal",
+                          msm_score=_finite(r), original_size=list(size), overlay=None, map=None,
+                          mask=None)
+                     for name, s, lab, r, size in zip(names, results.scores, results.labels,
+                                                      results.detector_scores, results.original_sizes)]
+        maps_ = results.anomaly_maps
+        vmin, vmax = (float(maps_.min()), float(maps_.max())) if maps_.size else (0.0, 0.0)
+        palette = _jet_palette()
+        if maps:
+            for i, name in enumerate(names):
+                rel = f"maps/{name}.npy"
+                target = stage / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, maps_[i].astype(np.float32, copy=False))
+                per_image[i]["map"] = rel
+                files.append(rel)
+        if overlays or results.masks is not None:
+            step = max(1, n // 10)
+            for i, name in enumerate(names):
+                mask = None
+                if results.masks is not None:
+                    mask = mask_to_original(results.masks[i], results.original_sizes[i],
+                                            results.input_size)
+                    rel = f"masks/{name}.png"
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    mask.save(stage / rel, format="PNG")
+                    per_image[i]["mask"] = rel
+                    files.append(rel)
+                if overlays:
+                    image, _ = load_image(str(results.paths[i]), str(results.paths[i]))
+                    overlay = render_overlay(image, maps_[i], results.input_size, vmin, vmax,
+                                             mask=mask, palette=palette)
+                    del image
+                    rel = f"overlays/{name}.png"
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    overlay.save(stage / rel, format="PNG")
+                    del overlay
+                    per_image[i]["overlay"] = rel
+                    files.append(rel)
+                if overlays and ((i + 1) % step == 0 or i + 1 == n):
+                    print(f"  writing overlays {i + 1}/{n}", file=self.log, flush=True)
+        summary = {
+            "format": "sklearn-musc score summary",
+            "format_version": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": list(command) if command is not None else None,
+            "versions": _versions(),
+            "settings": results.settings,
+            "timings_s": {k: round(float(v), 3) for k, v in results.timings.items()},
+            "n_images": n,
+            "n_anomalous": results.n_anomalous,
+            "threshold": _finite(results.threshold),
+            "input_size": list(results.input_size),
+            "colour_scale": [vmin, vmax],
+            "images": per_image,
+            "skipped": [{"path": a, "reason": b} for a, b in results.skipped],
+        }
+        if report:
+            from ._report import render_report
+
+            (stage / "report.html").write_text(render_report(summary), encoding="utf-8")
+            files.append("report.html")
+        files.append("summary.json")
+        summary["files"] = sorted(files)
+        (stage / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False),
+                                            encoding="utf-8")
+        return files
+
+    def _commit(self, stage, files):
+        old, has_manifest = self.earlier_run()
+        if old:
+            self._remove_earlier(old, has_manifest)
+        manifest = {"files": sorted(files) + [RUN_MANIFEST]}
+        tmp = stage / RUN_MANIFEST
+        tmp.write_text(json.dumps(manifest), encoding="utf-8")
+        os.replace(tmp, self.path / RUN_MANIFEST)  # first: the folder is claimed before files arrive
+        for rel in sorted(files, key=lambda f: f == "summary.json"):  # summary.json last
+            target = self.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, target)
+        self._warn_strays(set(files))
+
+    def _remove_earlier(self, old, has_manifest):
+        root = self.path.resolve()
+        removed = 0
+        for rel in old:
+            target = (self.path / rel)
+            try:
+                inside = target.resolve().is_relative_to(root) and target.resolve() != root
+            except (OSError, ValueError):
+                inside = False
+            if not inside or rel in DATA_DIRS:
+                continue
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+                removed += 1
+        for d in DATA_DIRS:  # drop folders the removal emptied
+            top = self.path / d
+            if top.is_dir():
+                for folder, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        pass
+        if removed:
+            print(f"removed {removed} files of the earlier run in {self.path}", file=self.log)
+        if not has_manifest:
+            print(f"warning: {self.path} held outputs of an older version without a list of its "
+                  "files; only scores.csv, summary.json and report.html were replaced",
+                  file=self.log)
+
+    def _warn_strays(self, files):
+        strays = []
+        for d in DATA_DIRS:
+            top = self.path / d
+            if not top.is_dir():
+                continue
+            for folder, _, names in os.walk(top):
+                for name in names:
+                    rel = (Path(folder) / name).relative_to(self.path).as_posix()
+                    if rel not in files:
+                        strays.append(rel)
+        if strays:
+            print(f"warning: {len(strays)} files in {self.path} were not written by this run "
+                  f"(e.g. {strays[0]}); they are not part of its results", file=self.log)
