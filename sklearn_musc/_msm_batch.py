@@ -81,15 +81,46 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, precision, al
         return scores.reshape(n, len(set_ids), h, w).cpu().numpy()
 
 
-def pool_best_matches(new, pool, set_ids, k_max, device, budget, precision, radius=None):
+def prepare_pool(features):
+    """A pool kept for novelty scoring: its sets set-major, and each patch's inverse norm.
+
+    Parameters
+    ----------
+    features : ndarray of shape (N, n_sets, h, w, C)
+        The pool's feature sets (float16 or float32, as stored).
+
+    Returns
+    -------
+    sets : ndarray of shape (n_sets, N, h, w, C)
+        The features as given (no copy when they are laid out set-major, as
+        :class:`LNAMDTransformer` makes them), so each set is one block.
+    inv_norms : ndarray of shape (n_sets, N, h * w), float32
+        ``1 / ||x||`` of each patch: scoring multiplies a set by it instead
+        of checking and normalising the pool at every call.
+    """
+    n, n_sets, h, w, dim = features.shape
+    sets = np.ascontiguousarray(features.transpose(1, 0, 2, 3, 4))
+    inv_norms = np.empty((n_sets, n, h * w), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(n_sets):
+            Z = torch.from_numpy(sets[s]).reshape(n, h * w, dim).float()
+            if not bool(Z.isfinite().all()):
+                raise ValueError("features contains NaN or infinity")
+            norms = torch.linalg.vector_norm(Z, dim=-1)
+            inv_norms[s] = (1.0 / torch.clamp(norms, min=1e-12)).numpy()
+    return sets, inv_norms
+
+
+def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, precision, radius=None):
     """The ``k_max`` best matches of each new patch among the pool's images.
 
     Parameters
     ----------
     new : ndarray of shape (m, n_sets, h, w, C)
         Feature sets of the images to score.
-    pool : ndarray of shape (N, n_sets, h, w, C)
-        Feature sets of the pool (or of a part of it).
+    pool_sets, pool_inv_norms : ndarray
+        The pool (or a part of it, sliced on the image axis), as made by
+        :func:`prepare_pool`.
 
     Returns
     -------
@@ -97,8 +128,8 @@ def pool_best_matches(new, pool, set_ids, k_max, device, budget, precision, radi
         Dot products, largest first: with the best matches of the other
         parts of a pool, :func:`merge_best_matches` makes the scores.
     """
-    m, N = len(new), len(pool)
-    _, _, h, w, dim = new.shape
+    m, n_sets, h, w, dim = new.shape
+    N = pool_sets.shape[1]
     L, keep = h * w, min(k_max, N)
     # As many new images at once as the table of best matches allows.
     per_image = 4 * (N * L + 3 * keep * L)
@@ -106,11 +137,11 @@ def pool_best_matches(new, pool, set_ids, k_max, device, budget, precision, radi
     plan = _msm.Plan(chunk, L, dim, keep, device, budget, n_cols=N)
     where = device if plan.resident or radius is not None else torch.device("cpu")
     with torch.inference_mode():
-        best = torch.empty((m, len(set_ids), L, keep), dtype=torch.float32, device=device)
+        best = torch.empty((m, n_sets, L, keep), dtype=torch.float32, device=device)
         finite = torch.ones((), dtype=torch.bool, device=where)
-        for s in set_ids:
-            P, ok = _load_set(pool[:, s], where)
-            finite &= ok
+        for s in range(n_sets):
+            P = torch.from_numpy(pool_sets[s]).reshape(N, L, dim).to(where, non_blocking=True)
+            P = P.float() * torch.from_numpy(pool_inv_norms[s]).to(where)[..., None]
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok

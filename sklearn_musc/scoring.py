@@ -327,13 +327,25 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
         self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_)
         self._fingerprint = _fingerprint(X.features)
+        for name in ("_pool_sets", "_pool_inv_norms", "_pool_info", "offset_"):
+            self.__dict__.pop(name, None)
         if self.novelty:
-            self.pool_ = _pool(X, refs)
+            features = X.features if refs is None else np.concatenate([X.features, refs.features])
+            self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(features)
+            sources = None
+            if X.sources is not None and (refs is None or refs.sources is not None):
+                sources = X.sources + (() if refs is None else refs.sources)
+            self._pool_info = dict(set_index=X.set_index, input_size=X.input_size, sources=sources,
+                                   backbone=X.backbone)
             self.offset_ = -self.threshold_
-        else:
-            self.__dict__.pop("pool_", None)
-            self.__dict__.pop("offset_", None)
         return self
+
+    @property
+    def pool_(self):
+        """The pool that scores new images (``novelty=True``), as :class:`FeatureSets`."""
+        if "_pool_sets" not in self.__dict__:
+            raise AttributeError("pool_ exists only after fit with novelty=True")
+        return FeatureSets(features=self._pool_sets.transpose(1, 0, 2, 3, 4), **self._pool_info)
 
     def _split(self, n, n_refs=0):
         n_subsets = self.n_subsets
@@ -515,18 +527,18 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "pool_")
         raw = not isinstance(X, FeatureSets)
         X = as_feature_sets(X)
-        if raw and X.features.shape[1] == len(self.pool_.set_index):
-            X.set_index = self.pool_.set_index  # a raw array says nothing of its sets: take them as the pool's
-        _check_compatible(X, self.pool_, "the new images", "the pool")
-        pool = self.pool_.features
-        n_pool, n_new = len(pool), X.n_images
+        pool = self.pool_
+        if raw and X.features.shape[1] == len(pool.set_index):
+            X.set_index = pool.set_index  # a raw array says nothing of its sets: take them as the pool's
+        _check_compatible(X, pool, "the new images", "the pool")
+        n_pool, n_new = pool.n_images, X.n_images
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         k_bounds = self._bounds(n_pool + 1)  # as if each new image had joined the pool
-        set_ids = range(pool.shape[1])
         chunks, parts = _novelty_jobs(n_new, n_pool, effective_n_jobs(self.n_jobs))
         best = Parallel(n_jobs=self.n_jobs)(
             delayed(_msm_batch.pool_best_matches)(
-                X.features[c], pool[p], set_ids, k_bounds[1], self.device_, budget, self.precision, self.radius
+                X.features[c], self._pool_sets[:, p], self._pool_inv_norms[:, p], k_bounds[1],
+                self.device_, budget, self.precision, self.radius,
             )
             for c in chunks
             for p in parts
@@ -554,16 +566,6 @@ def _novelty_jobs(n_new, n_pool, n_workers):
         [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_new), n_chunks)],
         [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_pool), n_parts)],
     )
-
-
-def _pool(X, refs):
-    """The scorers of new images: the batch, and the references after it."""
-    features = X.features if refs is None else np.concatenate([X.features, refs.features])
-    sources = None
-    if X.sources is not None and (refs is None or refs.sources is not None):
-        sources = X.sources + (() if refs is None else refs.sources)
-    return FeatureSets(features=features, set_index=X.set_index, input_size=X.input_size,
-                       sources=sources, backbone=X.backbone)
 
 
 def _check_compatible(X, pool, what, against):
