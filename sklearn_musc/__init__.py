@@ -9,7 +9,7 @@ neighbours (:class:`RsCINRescorer`).
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
-from .features import ViTPatchTransformer, maps_to_original, masks_to_input
+from .features import ViTPatchTransformer, maps_to_original, masks_to_input, masks_to_original
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 
@@ -25,4 +25,5 @@ __all__ = [
     "ViTPatchTransformer",
     "maps_to_original",
     "masks_to_input",
+    "masks_to_original",
 ]

@@ -148,12 +148,17 @@ class ImageScores(_BatchMixin):
         "anomaly-salient" feature), an embedding that needs no class token.
     sources : tuple of str or None
         A name for each image.
+    threshold : float or None
+        The detector's threshold on ``scores`` (``threshold_``), which
+        ``RsCINRescorer`` applies to its rescored values (on the same scale)
+        when it sets none of its own.
     """
 
     scores: np.ndarray
     embeddings: Optional[np.ndarray] = None
     salient_features: Optional[np.ndarray] = None
     sources: Optional[Tuple[str, ...]] = None
+    threshold: Optional[float] = None
 
     _per_image = ("scores", "embeddings", "salient_features", "sources")
 

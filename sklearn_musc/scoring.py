@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _msm, _msm_fused
 from ._batch import ImageScores
 from ._device import resolve_device
-from ._threshold import threshold_scores
+from ._threshold import check_threshold, defect_masks, threshold_scores
 from ._validation import as_feature_sets, check_contamination
 
 __all__ = ["MutualScoringDetector"]
@@ -87,11 +87,16 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         images, ``0 <= topmin_min < topmin_max <= 1``. At least one image is
         always used (``k_max >= 1``), so batches of 2 to 4 images score.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        How image scores become labels. A float flags that share of the batch
-        (the ``1 - contamination`` quantile is the threshold). "auto" flags
-        images above ``median + 3 * 1.4826 * MAD`` of the scores, a robust
-        three-sigma rule that needs no labels and assumes fewer than half of
-        the images are defective.
+        How image scores become labels when ``threshold`` is None. A float
+        flags that share of the batch (the ``1 - contamination`` quantile is
+        the threshold). "auto" needs no labels: when a two-component Gaussian
+        mixture of the image scores clearly beats one Gaussian (BIC), the
+        threshold splits the two clusters (a defect-heavy batch); otherwise
+        it is ``median + 3 * 1.4826 * MAD`` (a clean or production-like batch,
+        where normal images are the majority). See README "Labels".
+    threshold : float >= 0 or None, default=None
+        A fixed threshold on the image scores (e.g. ``threshold_`` of
+        another batch of the same product); None uses ``contamination``.
     n_subsets : int, default=1
         Score the batch as this many random, disjoint subsets of nearly equal
         size, each on its own (the reference's ``divide_num``): the cost falls
@@ -149,7 +154,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     threshold_ : float
         Images scoring strictly above it are labelled -1.
     labels_ : ndarray of shape (n_images,)
-        1 for normal, -1 for anomalous.
+        1 for normal, -1 for anomalous (PyOD's ``labels_`` use 0 and 1).
+    pixel_threshold_ : float
+        Pixels of an anomalous image whose map value is strictly above it are
+        marked; equal to ``threshold_`` (an image is anomalous exactly when
+        its map exceeds the threshold somewhere).
+    anomaly_masks_ : ndarray of shape (n_images, H, W), bool
+        Binary defect masks at the size of ``anomaly_maps_``; empty for the
+        images labelled 1. ``masks_to_original(anomaly_masks_,
+        original_sizes_, input_size_)`` gives them at each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).
     original_sizes_ : tuple of (int, int) or None
@@ -184,6 +197,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         topmin_min=0.0,
         topmin_max=0.3,
         contamination="auto",
+        threshold=None,
         n_subsets=1,
         max_subset_size=None,
         random_state=None,
@@ -196,6 +210,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
         self.contamination = contamination
+        self.threshold = threshold
         self.n_subsets = n_subsets
         self.max_subset_size = max_subset_size
         self.random_state = random_state
@@ -212,6 +227,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 f"topmin_min={self.topmin_min!r}, topmin_max={self.topmin_max!r}"
             )
         check_contamination(self.contamination)
+        check_threshold(self.threshold, nonnegative=True)
         if not isinstance(self.n_subsets, numbers.Integral) or self.n_subsets < 1:
             raise ValueError(f"n_subsets must be a positive int, got {self.n_subsets!r}")
         if self.max_subset_size is not None and (
@@ -299,12 +315,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
+        self.pixel_threshold_ = self.threshold_
+        self.anomaly_masks_ = defect_masks(self.anomaly_maps_, self.labels_, self.pixel_threshold_)
         self._output = ImageScores(
             scores=self.anomaly_scores_,
             embeddings=X.embeddings,
             salient_features=self._salient_features(X),
             sources=X.sources,
+            threshold=self.threshold_,
         )
         self._fingerprint = _fingerprint(X.features)
         return self
