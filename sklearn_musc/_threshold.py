@@ -36,6 +36,10 @@ _BIC_MARGIN = 4.0
 # Fewer images than this: no mixture is fitted (two clusters of 3 are noise).
 _MIN_MIXTURE = 8
 _SPLIT = "posterior"
+# Each cluster must hold this share of the batch: a lone low image is not a
+# normal population (it would flag the rest), and a few high images are the
+# production case, which the robust rule handles.
+_MIN_WEIGHT = 0.2
 # Relative floor of the scale: float32 scores of identical images differ by
 # rounding only.
 _REL_FLOOR = 1e-6
@@ -61,13 +65,16 @@ def _robust_scale(scores, centre):
 
     1.4826 x MAD; when more than half of the scores tie (MAD = 0) the mean
     absolute deviation, and never less than a relative float-rounding floor,
-    so that scores equal up to rounding are not told apart.
+    so that scores equal up to rounding are not told apart. Also returns
+    whether the scores tie (then no mixture is fitted: two "clusters" a
+    rounding error apart would split identical images).
     """
     dev = np.abs(scores - centre)
     scale = _MAD_TO_STD * np.median(dev)
-    if scale <= 0:
-        scale = _MEAN_AD_TO_STD * dev.mean()
-    return max(scale, _REL_FLOOR * max(1.0, abs(centre)))
+    floor = _REL_FLOOR * max(1.0, abs(centre))
+    if scale <= floor:  # ties: no spread to model a mixture on
+        return max(_MEAN_AD_TO_STD * dev.mean(), floor), True
+    return scale, False
 
 
 def _mixture_threshold(scores, centre, scale):
@@ -87,7 +94,7 @@ def _mixture_threshold(scores, centre, scale):
         return None
     one = GaussianMixture(1).fit(x)
     two = GaussianMixture(2, n_init=3, random_state=0).fit(x)
-    if not two.bic(x) + _BIC_MARGIN < one.bic(x):
+    if not two.bic(x) + _BIC_MARGIN < one.bic(x) or two.weights_.min() < _MIN_WEIGHT:
         return None
     upper = int(np.argmax(two.means_.ravel()))
     if _SPLIT == "lower":
@@ -107,8 +114,8 @@ def auto_threshold(scores):
     """The label-free threshold of ``contamination="auto"`` (see the module docstring)."""
     scores = np.asarray(scores, dtype=np.float64)
     centre = float(np.median(scores))
-    scale = _robust_scale(scores, centre)
-    split = _mixture_threshold(scores, centre, scale)
+    scale, tied = _robust_scale(scores, centre)
+    split = None if tied else _mixture_threshold(scores, centre, scale)
     if split is not None:
         return split
     return centre + _N_SIGMA * scale

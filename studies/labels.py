@@ -290,6 +290,74 @@ def summarise(rows, cats, label):
               f"clean {cl[:, 0].sum()}/{cl[:, 1].sum()}/{cl[:, 2].sum()} of {n}")
 
 
+def maps_of(b):
+    import torch
+    import torch.nn.functional as F
+    with torch.inference_mode():
+        up = F.interpolate(torch.as_tensor(b["patch"])[:, None], size=(224, 224), mode="bilinear",
+                           align_corners=True)
+    return up[:, 0].numpy()
+
+
+def final_rows(data):
+    """Per category and batch kind: the package's default rule against the old one."""
+    from sklearn_musc import ImageScores
+    from sklearn_musc._threshold import defect_masks, threshold_scores
+    rows = {}
+    for c, r in data.items():
+        row = {}
+        for kind in KINDS:
+            b = r[kind]
+            y, s = b["labels"], b["image"]
+            t, lab = threshold_scores(s, "auto")
+            rs = RsCINRescorer().fit(ImageScores(scores=s, embeddings=b["embeddings"], threshold=t))
+            sr = rs.anomaly_scores_
+            old = sr > mad_rule(3)(sr)
+            maps = maps_of(b)
+            masks = defect_masks(maps, lab, t)
+            if kind == "clean":
+                row[kind] = dict(n=len(y), det=int(np.sum(lab == -1)), new=int(np.sum(rs.labels_ == -1)),
+                                 old=int(old.sum()), pix=float(masks.mean()))
+            else:
+                gt = r["masks"][b["idx"]]
+                fm, fmr = image_f1_max(y, s), image_f1_max(y, sr)
+                pm = pixel_f1_max(gt, maps)
+                tp = np.sum(masks & gt)
+                pf = 2 * tp / (masks.sum() + gt.sum()) if tp else 0.0
+                row[kind] = dict(det=f1(y, lab == -1) / fm, new=f1(y, rs.labels_ == -1) / fmr,
+                                 old=f1(y, old) / fmr, f1max=fmr, pix=pf / pm, pixmax=pm)
+        rows[c] = row
+        print(c, {k: {m: round(v, 3) for m, v in d.items()} for k, d in row.items()}, flush=True)
+    return rows
+
+
+def table(rows):
+    lines = ["| category | half | heavy: new / old (det) | prod: new / old (det) | clean flagged: new / old (det) "
+             "| pixel F1 / F1-max: heavy, prod | clean pixels marked |",
+             "|---|---|---|---|---|---|---|"]
+    for c, r in rows.items():
+        h, p, cl = r["heavy"], r["prod"], r["clean"]
+        lines.append(
+            f"| {c} | {'tune' if c in TUNE else 'confirm'} | {h['new']:.2f} / {h['old']:.2f} ({h['det']:.2f}) "
+            f"| {p['new']:.2f} / {p['old']:.2f} ({p['det']:.2f}) "
+            f"| {cl['new']}/{cl['n']} / {cl['old']}/{cl['n']} ({cl['det']}) "
+            f"| {h['pix']:.2f}, {p['pix']:.2f} | {100 * cl['pix']:.2f} % |")
+    for label, part in (("TUNE", [c for c in rows if c in TUNE]), ("confirm", [c for c in rows if c not in TUNE]),
+                        ("all", list(rows))):
+        if not part:
+            continue
+        m = lambda kind, key: np.mean([rows[c][kind][key] for c in part])  # noqa: E731
+        n = sum(rows[c]["clean"]["n"] for c in part)
+        flag = lambda key: sum(rows[c]["clean"][key] for c in part)  # noqa: E731
+        lines.append(
+            f"| **mean {label}** ({len(part)}) | | {m('heavy', 'new'):.3f} / {m('heavy', 'old'):.3f} "
+            f"({m('heavy', 'det'):.3f}) | {m('prod', 'new'):.3f} / {m('prod', 'old'):.3f} ({m('prod', 'det'):.3f}); "
+            f"min {min(rows[c]['prod']['new'] for c in part):.2f} "
+            f"| {flag('new')}/{n} = {100 * flag('new') / n:.1f} % / {flag('old')}/{n} ({flag('det')}) "
+            f"| {m('heavy', 'pix'):.3f}, {m('prod', 'pix'):.3f} | {100 * m('clean', 'pix'):.3f} % |")
+    return "\n".join(lines)
+
+
 def main(argv):
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
@@ -310,6 +378,10 @@ def main(argv):
             for name, per in rows.items():
                 for c in cats:
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
+    elif what == "table":
+        cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        rows = final_rows(load_all(cats))
+        print(table(rows))
     else:
         raise SystemExit(f"unknown command {what!r}")
 
