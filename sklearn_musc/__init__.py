@@ -10,7 +10,7 @@ neighbours (:class:`RsCINRescorer`).
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from ._images import ImageFiles
 from .aggregation import LNAMDTransformer
-from .features import ViTPatchTransformer, maps_to_original, masks_to_input
+from .features import ViTPatchTransformer, maps_to_original, masks_to_input, masks_to_original
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 
@@ -27,4 +27,5 @@ __all__ = [
     "ViTPatchTransformer",
     "maps_to_original",
     "masks_to_input",
+    "masks_to_original",
 ]

@@ -181,6 +181,12 @@ class ImageScores(_BatchMixin):
         :func:`~sklearn_musc.maps_to_original` needs.
     original_sizes : tuple of (int, int) or None
         Each image's size before preprocessing.
+    anomaly_masks : ndarray of shape (n_images, H, W), bool, or None
+        The detector's defect masks (empty for images labelled normal).
+    threshold : float or None
+        The detector's threshold on ``scores`` (``threshold_``), which
+        ``RsCINRescorer`` applies to its rescored values (on the same scale)
+        when it sets none of its own.
     """
 
     scores: np.ndarray
@@ -190,8 +196,11 @@ class ImageScores(_BatchMixin):
     anomaly_maps: Optional[np.ndarray] = None
     input_size: Optional[Size] = None
     original_sizes: Optional[Tuple[Size, ...]] = None
+    anomaly_masks: Optional[np.ndarray] = None
+    threshold: Optional[float] = None
 
-    _per_image = ("scores", "embeddings", "salient_features", "sources", "anomaly_maps", "original_sizes")
+    _per_image = ("scores", "embeddings", "salient_features", "sources", "anomaly_maps", "original_sizes",
+                  "anomaly_masks")
 
     @property
     def n_images(self):

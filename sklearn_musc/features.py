@@ -18,7 +18,7 @@ from ._batch import PatchTokens
 from ._device import resolve_device
 from ._images import as_image_list, load_image, preprocess, resize_crop_geometry
 
-__all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "default_layers"]
+__all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
 
 _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _TOKEN_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
@@ -481,6 +481,43 @@ def maps_to_original(maps, original_sizes, input_size, *, fill="min"):
             full = np.pad(inner, pad, mode="constant", constant_values=value)
         out.append(full.astype(np.float32, copy=False))
     return out
+
+
+def masks_to_original(masks, original_sizes, input_size):
+    """Put binary masks of the model input back on the original images.
+
+    The counterpart of :func:`maps_to_original` for defect masks
+    (``MutualScoringDetector.anomaly_masks_``): each mask is resized to the
+    footprint of the crop region in original pixels (bilinear with
+    antialiasing, then cut at one half, so edges stay smooth and a region
+    keeps its area) and the borders the crop cut away are left unmarked.
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n_images, h, w) or sequence of 2-D arrays
+        One mask per image over the model input; values above 0 (or True)
+        are marked.
+    original_sizes : sequence of (int, int)
+        (height, width) of each original image (``PatchTokens.original_sizes``,
+        ``MutualScoringDetector.original_sizes_``).
+    input_size : int or (int, int)
+        Model input (height, width) (``MutualScoringDetector.input_size_``).
+
+    Returns
+    -------
+    masks : list of ndarray of shape (height_i, width_i), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((1, 8, 8), bool); mask[0, :, 4:] = True
+    >>> out = masks_to_original(mask, [(30, 60)], 8)
+    >>> out[0].shape, out[0].dtype, bool(out[0][:, :30].any()), bool(out[0][:, 30:45].all())
+    ((30, 60), dtype('bool'), False, True)
+    """
+    binary = [np.asarray(m) > 0 for m in masks]
+    maps = maps_to_original([m.astype(np.float32) for m in binary], original_sizes, input_size, fill=0.0)
+    return [m >= 0.5 for m in maps]
 
 
 def masks_to_input(masks, input_size):

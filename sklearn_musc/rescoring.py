@@ -6,18 +6,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
-from ._threshold import threshold_scores
+from ._threshold import check_threshold, threshold_scores
 from ._validation import check_contamination, check_int_list
 
 __all__ = ["RsCINRescorer"]
-
-
-def _minmax(scores):
-    """Scale to [0, 1]; all-equal scores (no image stands out) become zeros."""
-    low, high = scores.min(), scores.max()
-    if high - low <= 0:
-        return np.zeros_like(scores)
-    return (scores - low) / (high - low)
 
 
 def _unit_rows(E):
@@ -46,8 +38,16 @@ def _rscin_new(scores, embeddings, pool_scores, pool_embeddings, k_list):
 
 
 def _rscin(scores, embeddings, k_list):
-    """Mean over k of the top-k-neighbourhood weighted averages of min-max scores."""
-    scores = _minmax(np.asarray(scores, dtype=np.float64))
+    """Mean over k of the top-k-neighbourhood weighted averages of the scores.
+
+    SPEC section 4 min-max scales the scores first. Every row of weights sums
+    to 1, so each output is a weighted mean and scaling commutes with it:
+    applied to the raw scores, the output is exactly ``min + (max - min)``
+    times the scaled one, in the same order, but on the scale of the input,
+    where a threshold means the same from one batch to the next (the
+    min-max version stretches the noise of a clean batch to [0, 1]).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
     E = _unit_rows(embeddings)
     W = E @ E.T
     n = len(scores)
@@ -72,11 +72,14 @@ def _rscin(scores, embeddings, k_list):
 class RsCINRescorer(OutlierMixin, BaseEstimator):
     """Refine image anomaly scores with each image's nearest images.
 
-    The scores are min-max normalised over the batch; then, for each window
-    ``k`` in ``k_list``, each image's score is replaced by the
-    similarity-weighted mean of the scores of its ``k`` most similar images
-    (itself included), the similarity being the cosine of image embeddings.
-    The result is the mean over the windows. Similar images get similar
+    For each window ``k`` in ``k_list``, each image's score is replaced by
+    the similarity-weighted mean of the scores of its ``k`` most similar
+    images (itself included), the similarity being the cosine of image
+    embeddings. The result is the mean over the windows. The weights of a
+    mean sum to 1, so the output stays on the scale of the input scores: it
+    equals ``min + (max - min)`` times the reference's output on min-max
+    normalised scores (SPEC section 4), in the same order, and a threshold
+    carries over from one batch to another. Similar images get similar
     scores, which suppresses the isolated false alarms of a patch-level
     scorer.
 
@@ -98,22 +101,30 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         anomalous patch), or "auto" (the image embedding when there is one,
         else the salient feature). Ignored when ``X`` is an array.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        How rescored values become labels; see
-        :class:`MutualScoringDetector`.
+        How rescored values become labels when ``threshold`` is None; see
+        :class:`MutualScoringDetector`. With "auto" and an
+        :class:`ImageScores` input that carries the detector's threshold
+        (``MutualScoringDetector.fit_transform``), that threshold is applied
+        to the rescored values (same scale); otherwise the rule runs on the
+        rescored values.
+    threshold : float or None, default=None
+        A fixed threshold on the rescored values (e.g. ``threshold_`` of
+        another batch); None uses ``contamination``.
     novelty : bool, default=False
         Keep the fitted batch's scores and embeddings to re-score new images
         (:meth:`score_samples`, :meth:`decision_function`, :meth:`predict`),
         behind a ``MutualScoringDetector(novelty=True)``. A new image's
         window is itself and its ``k - 1`` most similar fitted images, with
-        their fitted (input) scores; its own score enters with weight 1, and
-        the result is put on the fitted batch's scale, so the fitted
-        ``threshold_`` applies. The fitted images' values do not change.
+        their fitted (input) scores; its own score enters with weight 1.
+        The result is on the scale of the input scores, as the fitted
+        batch's, so the fitted ``threshold_`` applies. The fitted images'
+        values do not change.
 
     Attributes
     ----------
     anomaly_scores_ : ndarray of shape (n_images,)
-        Rescored values in [0, 1]; higher is more anomalous. All zeros when
-        every input score is equal (no image stands out).
+        Rescored values, between the minimum and the maximum of the input
+        scores; higher is more anomalous.
     threshold_ : float
         Images scoring strictly above it are labelled -1.
     labels_ : ndarray of shape (n_images,)
@@ -138,15 +149,17 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     >>> scores = np.array([0.1, 0.2, 0.15, 0.9, 0.12, 0.18])
     >>> rs = RsCINRescorer(k_list=(1, 2), contamination=0.2).fit(embeddings, scores=scores)
     >>> rs.anomaly_scores_.round(2)
-    array([0.01, 0.11, 0.07, 0.95, 0.03, 0.09])
+    array([0.11, 0.19, 0.16, 0.86, 0.12, 0.17])
     >>> rs.labels_
     array([ 1,  1,  1, -1,  1,  1])
     """
 
-    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto", novelty=False):
+    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto", threshold=None,
+                 novelty=False):
         self.k_list = k_list
         self.embedding = embedding
         self.contamination = contamination
+        self.threshold = threshold
         self.novelty = novelty
 
     def _embeddings(self, X):
@@ -182,16 +195,17 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         """
         k_list = check_int_list(self.k_list, "k_list")
         check_contamination(self.contamination)
+        threshold = check_threshold(self.threshold)
         if not isinstance(self.novelty, (bool, np.bool_)):
             raise ValueError(f"novelty must be True or False, got {self.novelty!r}")
+        if isinstance(X, ImageScores) and threshold is None and self.contamination == "auto":
+            threshold = X.threshold  # the detector's, on the same scale
         scores, embeddings, self.embedding_ = self._inputs(X, scores)
         self.k_list_ = tuple(min(k, len(scores)) for k in k_list)
         self.anomaly_scores_ = _rscin(scores, embeddings, self.k_list_)
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, threshold)
         if self.novelty:
             self.pool_scores_, self.pool_embeddings_ = scores, embeddings
-            low, high = scores.min(), scores.max()
-            self._scale = (low, high - low)  # the min-max map of the fitted batch
             self.offset_ = -self.threshold_
         return self
 
@@ -253,9 +267,7 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
                 f"the new images carry {kind} embeddings of width {embeddings.shape[1]}; this re-scorer "
                 f"was fitted on {self.embedding_} embeddings of width {pool_embeddings.shape[1]}"
             )
-        raw = _rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
-        low, span = self._scale
-        return -((raw - low) / span if span > 0 else np.zeros_like(raw))
+        return -_rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
 
     @available_if(_novelty)
     def decision_function(self, X, scores=None):

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores
 from ._device import resolve_device
-from ._threshold import threshold_scores
+from ._threshold import check_threshold, defect_masks, threshold_scores
 from ._validation import as_feature_sets, check_contamination
 
 __all__ = ["MutualScoringDetector"]
@@ -74,11 +74,16 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         what the other parts have *at that place*. It costs about
         ``(2 radius + 1)**2 / L`` of global matching.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        How image scores become labels. A float flags that share of the batch
-        (the ``1 - contamination`` quantile is the threshold). "auto" flags
-        images above ``median + 3 * 1.4826 * MAD`` of the scores, a robust
-        three-sigma rule that needs no labels and assumes fewer than half of
-        the images are defective.
+        How image scores become labels when ``threshold`` is None. A float
+        flags that share of the batch (the ``1 - contamination`` quantile is
+        the threshold). "auto" needs no labels: when a two-component Gaussian
+        mixture of the image scores clearly beats one Gaussian (BIC), the
+        threshold splits the two clusters (a defect-heavy batch); otherwise
+        it is ``median + 3 * 1.4826 * MAD`` (a clean or production-like batch,
+        where normal images are the majority). See README "Labels".
+    threshold : float >= 0 or None, default=None
+        A fixed threshold on the image scores (e.g. ``threshold_`` of
+        another batch of the same product); None uses ``contamination``.
     n_subsets : int, default=1
         Score the batch as this many random, disjoint subsets of nearly equal
         size, each on its own (the reference's ``divide_num``): the cost falls
@@ -136,7 +141,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     threshold_ : float
         Images scoring strictly above it are labelled -1.
     labels_ : ndarray of shape (n_images,)
-        1 for normal, -1 for anomalous.
+        1 for normal, -1 for anomalous (PyOD's ``labels_`` use 0 and 1).
+    pixel_threshold_ : float
+        Pixels of an anomalous image whose map value is strictly above it are
+        marked; equal to ``threshold_`` (an image is anomalous exactly when
+        its map exceeds the threshold somewhere).
+    anomaly_masks_ : ndarray of shape (n_images, H, W), bool
+        Binary defect masks at the size of ``anomaly_maps_``; empty for the
+        images labelled 1. ``masks_to_original(anomaly_masks_,
+        original_sizes_, input_size_)`` gives them at each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).
     original_sizes_ : tuple of (int, int) or None
@@ -190,6 +203,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         reduction="interval",
         radius=None,
         contamination="auto",
+        threshold=None,
         n_subsets=1,
         max_subset_size=None,
         random_state=None,
@@ -205,6 +219,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.reduction = reduction
         self.radius = radius
         self.contamination = contamination
+        self.threshold = threshold
         self.n_subsets = n_subsets
         self.max_subset_size = max_subset_size
         self.random_state = random_state
@@ -231,6 +246,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         ):
             raise ValueError(f"radius must be None or an int >= 0, got {self.radius!r}")
         check_contamination(self.contamination)
+        check_threshold(self.threshold, nonnegative=True)
         if not isinstance(self.n_subsets, numbers.Integral) or self.n_subsets < 1:
             raise ValueError(f"n_subsets must be a positive int, got {self.n_subsets!r}")
         if self.max_subset_size is not None and (
@@ -324,8 +340,10 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination)
+        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
+        self.pixel_threshold_ = self.threshold_
         self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_)
+        self.anomaly_masks_ = self._output.anomaly_masks
         self._fingerprint = _fingerprint(X.features)
         for name in ("_pool_sets", "_pool_inv_norms", "_pool_info", "offset_"):
             self.__dict__.pop(name, None)
@@ -361,7 +379,10 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         return [np.sort(part) for part in np.array_split(order, n_subsets)]
 
     def _image_scores(self, X, patch_scores, maps, scores):
+        labels = np.where(scores > self.threshold_, -1, 1)
         return ImageScores(
+            anomaly_masks=defect_masks(maps, labels, self.pixel_threshold_),
+            threshold=self.threshold_,
             scores=scores,
             embeddings=X.embeddings,
             salient_features=_salient_features(X, patch_scores),

@@ -90,9 +90,9 @@ def test_a_grid_fits_the_detector_once_per_setting(tmp_path, monkeypatch):
     fits = []
     original = MutualScoringDetector.fit
 
-    def counting_fit(self, X, y=None):
+    def counting_fit(self, X, y=None, **kwargs):
         fits.append(self.get_params()["contamination"])
-        return original(self, X, y)
+        return original(self, X, y, **kwargs)
 
     monkeypatch.setattr(MutualScoringDetector, "fit", counting_fit)
     pipe = Pipeline([

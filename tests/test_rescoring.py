@@ -14,33 +14,50 @@ def test_rscin_matches_float64_reference(rng, k_list):
     emb = rng.normal(size=(12, 10)) + 0.8  # mostly positive cosines, some negative
     scores = rng.normal(size=12)
     out = RsCINRescorer(k_list=k_list).fit(emb, scores=scores)
-    assert np.abs(out.anomaly_scores_ - ref.rscin(scores, emb, k_list)).max() < 1e-12
+    # the reference (SPEC 4) min-max scales first; the rows of weights sum to 1,
+    # so on the input scale the output is min + (max - min) * the reference's
+    expected = scores.min() + np.ptp(scores) * ref.rscin(scores, emb, k_list)
+    assert np.abs(out.anomaly_scores_ - expected).max() < 1e-12
 
 
-def test_k_one_returns_minmax_scores(rng):
+def test_output_on_the_scale_of_the_input_ranking_unchanged(rng):
+    emb = rng.normal(size=(15, 6)) + 1.0
+    scores = rng.uniform(0.2, 0.6, size=15)
+    out = RsCINRescorer().fit(emb, scores=scores).anomaly_scores_
+    scaled = RsCINRescorer().fit(emb, scores=(scores - scores.min()) / np.ptp(scores)).anomaly_scores_
+    np.testing.assert_allclose(out, scores.min() + np.ptp(scores) * scaled, atol=1e-12)
+    np.testing.assert_array_equal(np.argsort(out), np.argsort(scaled))
+    assert scores.min() <= out.min() and out.max() <= scores.max()
+    # an affine change of the scores changes the output the same way
+    np.testing.assert_allclose(RsCINRescorer().fit(emb, scores=3 * scores + 1).anomaly_scores_, 3 * out + 1)
+
+
+def test_k_one_returns_the_scores(rng):
     scores = rng.uniform(3, 7, size=9)
     out = RsCINRescorer(k_list=(1,)).fit(rng.normal(size=(9, 4)), scores=scores)
-    np.testing.assert_allclose(out.anomaly_scores_, (scores - scores.min()) / np.ptp(scores))
+    np.testing.assert_allclose(out.anomaly_scores_, scores)
 
 
 def test_k_larger_than_the_batch_is_clipped(rng):
     emb, scores = rng.normal(size=(4, 6)), rng.normal(size=4)
     out = RsCINRescorer(k_list=(2, 10)).fit(emb, scores=scores)
     assert out.k_list_ == (2, 4)
-    np.testing.assert_allclose(out.anomaly_scores_, ref.rscin(scores, emb, (2, 4)), atol=1e-12)
+    expected = scores.min() + np.ptp(scores) * ref.rscin(scores, emb, (2, 4))  # on the input scale
+    np.testing.assert_allclose(out.anomaly_scores_, expected, atol=1e-12)
 
 
-def test_all_equal_scores_give_zeros(rng):
-    out = RsCINRescorer(contamination=0.2).fit(rng.normal(size=(5, 3)), scores=np.full(5, 0.7))
-    np.testing.assert_array_equal(out.anomaly_scores_, np.zeros(5))
-    assert (out.labels_ == 1).all()
+@pytest.mark.parametrize("contamination", [0.2, "auto"])
+def test_all_equal_scores_stay_equal_and_flag_nothing(rng, contamination):
+    out = RsCINRescorer(contamination=contamination).fit(rng.normal(size=(5, 3)), scores=np.full(5, 0.7))
+    np.testing.assert_allclose(out.anomaly_scores_, np.full(5, 0.7))
+    assert (out.labels_ == 1).all() and np.isfinite(out.threshold_)
 
 
 def test_duplicates_keep_the_image_itself(rng):
     emb = np.repeat(rng.normal(size=(1, 6)), 5, axis=0)  # five identical images
     scores = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     out = RsCINRescorer(k_list=(1,)).fit(emb, scores=scores)
-    np.testing.assert_allclose(out.anomaly_scores_, scores / 4)
+    np.testing.assert_allclose(out.anomaly_scores_, scores)
 
 
 def test_negative_similarities_get_no_weight():
@@ -73,7 +90,8 @@ def test_last_step_of_the_pipeline_uses_the_flowing_scores(rng):
     # raw tokens carry no image embedding: the salient features are used
     assert rs.embedding_ == "salient"
     salient = pipe["msm"].fit_transform(pipe["lnamd"].transform(tokens)).salient_features
-    expected = ref.rscin(pipe["msm"].anomaly_scores_, salient, (1, 2, 3))
+    raw = pipe["msm"].anomaly_scores_
+    expected = raw.min() + np.ptp(raw) * ref.rscin(raw, salient, (1, 2, 3))
     assert np.abs(rs.anomaly_scores_ - expected).max() < 1e-6
     assert rs.anomaly_scores_.argmax() == 3 and labels[3] == -1
 
@@ -106,7 +124,7 @@ def test_bad_inputs(kwargs, match):
 def test_sklearn_contract():
     est = RsCINRescorer(k_list=[1, 8, 9])
     assert clone(est).get_params() == {"k_list": [1, 8, 9], "embedding": "auto", "contamination": "auto",
-                                         "novelty": False}
+                                       "threshold": None, "novelty": False}
     with pytest.raises(ValueError, match="k_list"):
         RsCINRescorer(k_list=(0,)).fit(np.ones((2, 2)), scores=np.ones(2))
 
@@ -117,15 +135,14 @@ def test_novelty_rescores_a_new_image_with_its_nearest_fitted_images(rng):
     rs = RsCINRescorer(k_list=(1, 2, 3), novelty=True, contamination=0.2).fit(E[:7], scores=s[:7])
     new = rs.score_samples(E[7:], scores=s[7:])
     # loop reference: the window of a new image is itself and its k-1 nearest fitted images
-    low, span = s[:7].min(), np.ptp(s[:7])
     for m, i in enumerate((7, 8)):
         total = 0.0
         for k in (1, 2, 3):
             sims = [max(0.0, float(E[i] @ E[j] / np.linalg.norm(E[i]) / np.linalg.norm(E[j]))) for j in range(7)]
             keep = sorted(range(7), key=lambda j: -sims[j])[: k - 1]
             total += (s[i] + sum(sims[j] * s[j] for j in keep)) / (1 + sum(sims[j] for j in keep))
-        assert -new[m] == pytest.approx((total / 3 - low) / span, abs=1e-12)
-    # a fitted image brought back as new, with k=1, keeps its (normalised) value
+        assert -new[m] == pytest.approx(total / 3, abs=1e-12)  # on the scale of the input scores
+    # a fitted image brought back as new, with k=1, keeps its value
     one = RsCINRescorer(k_list=(1,), novelty=True).fit(E[:7], scores=s[:7])
     np.testing.assert_allclose(-one.score_samples(E[:7], scores=s[:7]), one.anomaly_scores_, atol=1e-12)
     np.testing.assert_allclose(rs.decision_function(E[7:], scores=s[7:]), new + rs.threshold_)
@@ -147,3 +164,38 @@ def test_without_novelty_predict_names_the_alternative():
         with pytest.raises(AttributeError) as info:
             est.predict(np.ones((2, 2)))
         assert any("RsCINRescorer(novelty=True)" in m for m in chain(info.value))
+
+
+def test_threshold_parameter_and_the_detectors_threshold(rng):
+    emb = rng.normal(size=(10, 4)) + 2.0
+    scores = np.linspace(0.1, 1.0, 10)
+    rs = RsCINRescorer(threshold=0.55).fit(emb, scores=scores)
+    assert rs.threshold_ == 0.55
+    np.testing.assert_array_equal(rs.labels_ == -1, rs.anomaly_scores_ > 0.55)
+    # "auto" applies the threshold an ImageScores carries (the detector's, same scale)
+    batch = ImageScores(scores=scores, embeddings=emb, threshold=0.3)
+    assert RsCINRescorer().fit(batch).threshold_ == 0.3
+    # an explicit threshold or contamination wins over the carried one
+    assert RsCINRescorer(threshold=0.9).fit(batch).threshold_ == 0.9
+    assert (RsCINRescorer(contamination=0.1).fit(batch).labels_ == -1).sum() == 1
+
+
+@pytest.mark.parametrize("threshold", ["0.5", np.nan, np.inf, True, [0.5]])
+def test_bad_thresholds_are_refused(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        RsCINRescorer(threshold=threshold).fit(np.ones((3, 2)), scores=np.arange(3.0))
+
+
+def test_a_threshold_carries_over_to_another_batch(rng):
+    """Scores on the input scale: a threshold learned on one batch holds on the next."""
+    emb = rng.normal(size=(30, 5)) + 2.0
+    clean = rng.normal(0.3, 0.01, size=30)
+    first = RsCINRescorer().fit(emb, scores=clean)
+    assert (first.labels_ == 1).all()
+    second = clean.copy()
+    second[4] = 0.6  # one defective part in the next batch
+    out = RsCINRescorer(threshold=first.threshold_).fit(emb, scores=second)
+    assert out.labels_[4] == -1 and (np.delete(out.labels_, 4) == 1).all()
+    # the same clean batch again: nothing is flagged (min-max scaling would stretch its noise)
+    again = RsCINRescorer(threshold=first.threshold_).fit(emb, scores=clean + rng.normal(0, 1e-4, 30))
+    assert (again.labels_ == 1).all()

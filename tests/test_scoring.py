@@ -11,6 +11,7 @@ import _reference as ref
 from conftest import make_tokens
 import torch
 from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, _msm
+from sklearn_musc._threshold import auto_threshold
 
 
 def features_of(tokens, r_list=(1, 3, 5)):
@@ -125,9 +126,35 @@ def test_contamination_float_and_auto(rng):
     np.testing.assert_array_equal(det.labels_ == -1, det.anomaly_scores_ > det.threshold_)
     det.set_params(contamination="auto").fit(feats)
     s = det.anomaly_scores_.astype(np.float64)
-    med = np.median(s)
-    assert det.threshold_ == pytest.approx(med + 3 * 1.4826 * np.median(np.abs(s - med)))
+    assert det.threshold_ == pytest.approx(auto_threshold(s))
     np.testing.assert_array_equal(det.labels_ == -1, s > det.threshold_)
+
+
+def test_threshold_parameter_masks_and_carried_threshold(rng):
+    tokens = make_tokens(rng, n=10, h=6, w=6, dim=16)
+    tokens[3, :, 1:3, 1:3] += 3.0
+    feats = features_of(tokens)
+    feats.input_size = (12, 12)
+    det = MutualScoringDetector(device="cpu").fit(feats)
+    assert det.labels_[3] == -1
+    assert det.anomaly_masks_.shape == det.anomaly_maps_.shape == (10, 12, 12)
+    assert det.anomaly_masks_.dtype == bool and det.pixel_threshold_ == det.threshold_
+    normal = det.labels_ == 1
+    assert not det.anomaly_masks_[normal].any()  # empty on the images labelled normal
+    np.testing.assert_array_equal(det.anomaly_masks_[~normal], det.anomaly_maps_[~normal] > det.threshold_)
+    assert det.anomaly_masks_[3].any() and det.anomaly_masks_[3].mean() < 0.5
+    assert det.fit_transform(feats).threshold == det.threshold_  # handed on to RsCIN
+    # a fixed threshold (e.g. learned on another batch) replaces the rule
+    fixed = MutualScoringDetector(device="cpu", threshold=float(np.median(det.anomaly_scores_))).fit(feats)
+    assert (fixed.labels_ == -1).sum() == 5 and fixed.threshold_ == np.median(det.anomaly_scores_)
+    high = MutualScoringDetector(device="cpu", threshold=1e3).fit(feats)
+    assert (high.labels_ == 1).all() and not high.anomaly_masks_.any()
+
+
+@pytest.mark.parametrize("threshold", ["auto", "0.3", -0.1, np.nan, True])
+def test_bad_thresholds_are_refused(rng, threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        MutualScoringDetector(device="cpu", threshold=threshold).fit(features_of(make_tokens(rng, n=3)))
 
 
 def test_subsets_score_each_part_alone(rng):

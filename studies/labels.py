@@ -1,0 +1,390 @@
+"""Study for issue #11: label-free image labels and pixel masks on three kinds of batch.
+
+For every shared MVTec AD category (DINOv2 ViT-S/14 at 224, default pipeline:
+LNAMD r = 1, 3, 5; MSM topmin 0..0.3; RsCIN k = (1, 2, 3)) three batches are
+built from the test folder:
+
+- ``heavy``: the whole test folder (60-75 % defective);
+- ``prod``: all good images + round(0.1 * n_good) defective ones, drawn with a
+  fixed seed (production-like);
+- ``clean``: the good images only.
+
+MSM runs once per batch (the expensive part); its patch scores, image scores
+and RsCIN inputs are kept in ``$MUSC_LABELS_CACHE`` (default
+``/tmp/musc-labels-cache``), so candidate rules are cheap to try::
+
+    python studies/labels.py compute            # MSM of the 45 batches (cached)
+    python studies/labels.py rules              # image-label rules, both halves
+    python studies/labels.py pixels             # pixel-threshold rules
+    python studies/labels.py table              # markdown table for RESULTS.md
+
+Rules are chosen on ``_cache.TUNE`` and confirmed on the other 7 categories.
+No labels are used by any rule; they only score the outcome.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _cache import TUNE, categories, load  # noqa: E402
+
+from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
+from sklearn_musc.metrics import image_f1_max, pixel_f1_max  # noqa: E402
+
+OUT = Path(os.environ.get("MUSC_LABELS_CACHE", "/tmp/musc-labels-cache"))
+KINDS = ("heavy", "prod", "clean")
+SEED = 0
+
+
+def batch_indices(labels, kind, seed=SEED):
+    good = np.flatnonzero(labels == 0)
+    bad = np.flatnonzero(labels == 1)
+    if kind == "heavy":
+        return np.arange(len(labels))
+    if kind == "clean":
+        return good
+    n_bad = int(round(0.1 * len(good)))
+    pick = np.random.default_rng(seed).choice(bad, size=n_bad, replace=False)
+    return np.sort(np.concatenate([good, pick]))
+
+
+def compute(category):
+    """MSM + RsCIN inputs of the three batches of ``category`` (cached)."""
+    path = OUT / f"{category}.joblib"
+    if path.exists():
+        return joblib.load(path)
+    from _cache import CACHE
+    for _ in range(180):  # the cache is filled by another process: wait rather than compute twice
+        if (CACHE / f"{category}.joblib").exists():
+            break
+        time.sleep(5)
+    entry = load(category)
+    tokens, labels, masks = entry["tokens"], entry["labels"], entry["masks"]
+    feats = LNAMDTransformer(device="cpu").fit_transform(tokens)
+    result = {}
+    for kind in KINDS:
+        idx = batch_indices(labels, kind)
+        t0 = time.perf_counter()
+        det = MutualScoringDetector(device="cpu")
+        out = det.fit_transform(feats.take(idx))
+        result[kind] = dict(
+            idx=idx,
+            labels=labels[idx],
+            patch=det.patch_scores_.astype(np.float32),
+            image=det.anomaly_scores_.astype(np.float64),
+            embeddings=out.embeddings,
+            salient=out.salient_features,
+            seconds=time.perf_counter() - t0,
+        )
+        print(f"{category:12s} {kind:5s} n={len(idx):3d} {result[kind]['seconds']:.1f}s", flush=True)
+    result["masks"] = masks
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    joblib.dump(result, tmp)
+    tmp.replace(path)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# candidate rules: each maps a batch record to a threshold on the detector's
+# image-score scale (an image is flagged when its score is above it)
+# ---------------------------------------------------------------------------
+
+def rscin_raw(b, k_list=(1, 2, 3)):
+    """RsCIN applied to the raw scores (its row weights sum to 1)."""
+    return RsCINRescorer(k_list=k_list).fit(b["embeddings"], scores=b["image"]).anomaly_scores_
+
+
+def f1(y, flagged):
+    tp = np.sum(flagged & (y == 1))
+    if tp == 0:
+        return 0.0
+    return 2 * tp / (np.sum(flagged) + np.sum(y == 1))
+
+
+def load_all(cats):
+    return {c: compute(c) for c in cats}
+
+
+def pythresh_rule(name):
+    def rule(s, b):
+        sys.path.insert(0, "/tmp/pythresh-lib")
+        import importlib
+        mod = importlib.import_module(f"pythresh.thresholds.{name.lower()}")
+        th = getattr(mod, name)()
+        z = (s - s.min()) / max(np.ptp(s), 1e-12)
+        lab = th.eval(z)
+        if lab.sum() == 0:
+            return np.inf
+        return float(s[lab == 0].max()) if (lab == 0).any() else -np.inf
+    return rule
+
+
+def mad_rule(c):
+    def rule(s, b=None):
+        med = np.median(s)
+        return med + c * 1.4826 * np.median(np.abs(s - med))
+    return rule
+
+
+def patch_mad_rule(c):
+    """The issue's idea: all patch scores of the batch as the null of a normal image's maximum."""
+    def rule(s, b):
+        p = b["patch"].ravel().astype(np.float64)
+        med = np.median(p)
+        return med + c * 1.4826 * np.median(np.abs(p - med))
+    return rule
+
+
+def half_sample_mode(x):
+    x = np.sort(x)
+    while len(x) > 3:
+        h = (len(x) + 1) // 2
+        widths = x[h - 1:] - x[: len(x) - h + 1]
+        i = int(np.argmin(widths))
+        x = x[i : i + h]
+    return float(np.mean(x))
+
+
+def mode_rule(c):
+    """Centre at the half-sample mode, scale from the scores below it (uncontaminated side)."""
+    def rule(s, b=None):
+        m = half_sample_mode(s)
+        low = m - s[s <= m]
+        return m + c * 1.4826 * np.median(low) if len(low) else m
+    return rule
+
+
+def shorth_rule(c, share=0.2):
+    """Centre and scale of the tightest ``share`` of the scores (the normal cluster, even a minority)."""
+    from scipy.stats import norm
+    half = norm.ppf(0.5 + share / 2)
+
+    def rule(s, b=None):
+        x = np.sort(s)
+        h = max(2, int(np.ceil(share * len(x))))
+        widths = x[h - 1:] - x[: len(x) - h + 1]
+        i = int(np.argmin(widths))
+        centre = 0.5 * (x[i] + x[i + h - 1])
+        return centre + c * widths[i] / (2 * half)
+    return rule
+
+
+def gmm_rule(c, log=True, margin=0.0, d_min=0.0):
+    from sklearn.mixture import GaussianMixture
+
+    def rule(s, b=None):
+        x = (np.log(s) if log else s).reshape(-1, 1)
+        g1 = GaussianMixture(1).fit(x)
+        g2 = GaussianMixture(2, n_init=3, random_state=0).fit(x)
+        mu, var = g2.means_.ravel(), g2.covariances_.ravel()
+        d = np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(var.sum())
+        if g2.bic(x) + margin < g1.bic(x) and d > d_min:
+            grid = np.linspace(x.min(), x.max(), 2000).reshape(-1, 1)
+            post = g2.predict_proba(grid)[:, int(np.argmax(g2.means_.ravel()))]
+            cut = grid[np.argmax(post > 0.5), 0]
+            return float(np.exp(cut) if log else cut)
+        return mad_rule(c)(s)
+    return rule
+
+
+def otsu_rule(c, min_coef=0.555):
+    """Otsu split of the sorted scores when Sarle's bimodality coefficient says two modes."""
+    from scipy import stats
+
+    def rule(s, b=None):
+        n = len(s)
+        bc = (stats.skew(s) ** 2 + 1) / (stats.kurtosis(s) + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
+        if bc > min_coef:
+            x = np.sort(s)
+            best, cut = -1, None
+            for i in range(1, n):
+                w0, w1 = i / n, 1 - i / n
+                v = w0 * w1 * (x[:i].mean() - x[i:].mean()) ** 2
+                if v > best:
+                    best, cut = v, (x[i - 1] + x[i]) / 2
+            return cut
+        return mad_rule(c)(s)
+    return rule
+
+
+SWEEP = {f"gmm m{m} D{d} +mad{c}": gmm_rule(c, log=lg, margin=m, d_min=d)
+         for lg in (True,) for m in (0, 4, 10) for d in (0, 2) for c in (2.5, 3, 3.5, 4)}
+SWEEP.update({f"mad{c}": mad_rule(c) for c in (2, 2.5, 3, 3.5, 4, 5)})
+
+def impl_rule(n_sigma=None, margin=None, split=None):
+    """The package's rule (sklearn_musc._threshold.auto_threshold), constants overridable."""
+    from sklearn_musc import _threshold as th
+
+    def rule(s, b=None):
+        saved = th._N_SIGMA, th._BIC_MARGIN, th._SPLIT
+        th._N_SIGMA = saved[0] if n_sigma is None else n_sigma
+        th._BIC_MARGIN = saved[1] if margin is None else margin
+        th._SPLIT = saved[2] if split is None else split
+        try:
+            return th.auto_threshold(s)
+        finally:
+            th._N_SIGMA, th._BIC_MARGIN, th._SPLIT = saved
+    return rule
+
+
+IMPL = {f"auto {sp} c={c} margin={m}": impl_rule(c, m, sp) for sp in ("posterior", "lower")
+        for m in (4, 10) for c in (2, 2.5, 3)}
+
+RULES = {
+    "mad3 (old)": mad_rule(3),
+    "mad5": mad_rule(5),
+    "patch-mad6": patch_mad_rule(6),
+    "patch-mad10": patch_mad_rule(10),
+    "shorth.2-4": shorth_rule(4, 0.2),
+    "shorth.2-6": shorth_rule(6, 0.2),
+    "shorth.3-4": shorth_rule(4, 0.3),
+    "shorth.3-6": shorth_rule(6, 0.3),
+    "gmm-log10D2+mad5": gmm_rule(5, margin=10, d_min=2),
+    "gmm-log+mad5": gmm_rule(5),
+    "gmm+mad5": gmm_rule(5, log=False),
+    "otsu+mad5": otsu_rule(5),
+}
+PYTHRESH = ("FILTER", "KARCH", "ZSCORE", "IQR", "MAD", "GESD", "CHAU", "DSN", "EB", "MTT", "OCSVM",
+            "CLF", "CLUST", "AUCP", "BOOT", "FWFM", "MOLL", "WIND", "YJ", "QMCD", "DECOMP", "HIST")
+
+
+def evaluate_rules(data, rules):
+    """rows[rule][cat] = dict(heavy, prod (F1 / F1-max, detector and RsCIN), clean flagged, n)."""
+    rows = {}
+    for name, rule in rules.items():
+        rows[name] = {}
+        for c, r in data.items():
+            out = {}
+            for kind in KINDS:
+                b = r[kind]
+                y = b["labels"]
+                s, sr = b["image"], rscin_raw(b)
+                t = rule(s, b)
+                tr = rule(sr, b)
+                if kind == "clean":
+                    out["clean"] = (int(np.sum(s > t)), int(np.sum(sr > t)), int(np.sum(sr > tr)), len(s))
+                else:
+                    out[kind] = (f1(y, s > t) / image_f1_max(y, s), f1(y, sr > t) / image_f1_max(y, sr),
+                                 f1(y, sr > tr) / image_f1_max(y, sr))
+            rows[name][c] = out
+    return rows
+
+
+def summarise(rows, cats, label):
+    print(f"\n== {label}: {len(cats)} categories; F1/F1-max mean (min) det | rscin carried | rscin own; "
+          "clean flagged det | rscin carried | own")
+    for name, per in rows.items():
+        h = np.array([per[c]["heavy"] for c in cats])
+        p = np.array([per[c]["prod"] for c in cats])
+        cl = np.array([per[c]["clean"] for c in cats])
+        n = cl[:, 3].sum()
+        print(f"{name:16s} heavy {h.mean(0).round(3)} prod {p.mean(0).round(3)} min {p.min(0).round(2)} "
+              f"clean {cl[:, 0].sum()}/{cl[:, 1].sum()}/{cl[:, 2].sum()} of {n}")
+
+
+def maps_of(b):
+    import torch
+    import torch.nn.functional as F
+    with torch.inference_mode():
+        up = F.interpolate(torch.as_tensor(b["patch"])[:, None], size=(224, 224), mode="bilinear",
+                           align_corners=True)
+    return up[:, 0].numpy()
+
+
+def final_rows(data):
+    """Per category and batch kind: the package's default rule against the old one."""
+    from sklearn_musc import ImageScores
+    from sklearn_musc._threshold import defect_masks, threshold_scores
+    rows = {}
+    for c, r in data.items():
+        row = {}
+        for kind in KINDS:
+            b = r[kind]
+            y, s = b["labels"], b["image"]
+            t, lab = threshold_scores(s, "auto")
+            rs = RsCINRescorer().fit(ImageScores(scores=s, embeddings=b["embeddings"], threshold=t))
+            sr = rs.anomaly_scores_
+            old = sr > mad_rule(3)(sr)
+            maps = maps_of(b)
+            masks = defect_masks(maps, lab, t)
+            if kind == "clean":
+                row[kind] = dict(n=len(y), det=int(np.sum(lab == -1)), new=int(np.sum(rs.labels_ == -1)),
+                                 old=int(old.sum()), pix=float(masks.mean()))
+            else:
+                gt = r["masks"][b["idx"]]
+                fm, fmr = image_f1_max(y, s), image_f1_max(y, sr)
+                pm = pixel_f1_max(gt, maps)
+                tp = np.sum(masks & gt)
+                pf = 2 * tp / (masks.sum() + gt.sum()) if tp else 0.0
+                row[kind] = dict(det=f1(y, lab == -1) / fm, new=f1(y, rs.labels_ == -1) / fmr,
+                                 old=f1(y, old) / fmr, f1max=fmr, pix=pf / pm, pixmax=pm)
+        rows[c] = row
+        print(c, {k: {m: round(v, 3) for m, v in d.items()} for k, d in row.items()}, flush=True)
+    return rows
+
+
+def table(rows):
+    lines = ["| category | half | heavy: new / old (det) | prod: new / old (det) | clean flagged: new / old (det) "
+             "| pixel F1 / F1-max: heavy, prod | clean pixels marked |",
+             "|---|---|---|---|---|---|---|"]
+    for c, r in rows.items():
+        h, p, cl = r["heavy"], r["prod"], r["clean"]
+        lines.append(
+            f"| {c} | {'tune' if c in TUNE else 'confirm'} | {h['new']:.2f} / {h['old']:.2f} ({h['det']:.2f}) "
+            f"| {p['new']:.2f} / {p['old']:.2f} ({p['det']:.2f}) "
+            f"| {cl['new']}/{cl['n']} / {cl['old']}/{cl['n']} ({cl['det']}) "
+            f"| {h['pix']:.2f}, {p['pix']:.2f} | {100 * cl['pix']:.2f} % |")
+    for label, part in (("TUNE", [c for c in rows if c in TUNE]), ("confirm", [c for c in rows if c not in TUNE]),
+                        ("all", list(rows))):
+        if not part:
+            continue
+        m = lambda kind, key: np.mean([rows[c][kind][key] for c in part])  # noqa: E731
+        n = sum(rows[c]["clean"]["n"] for c in part)
+        flag = lambda key: sum(rows[c]["clean"][key] for c in part)  # noqa: E731
+        lines.append(
+            f"| **mean {label}** ({len(part)}) | | {m('heavy', 'new'):.3f} / {m('heavy', 'old'):.3f} "
+            f"({m('heavy', 'det'):.3f}) | {m('prod', 'new'):.3f} / {m('prod', 'old'):.3f} ({m('prod', 'det'):.3f}); "
+            f"min {min(rows[c]['prod']['new'] for c in part):.2f} "
+            f"| {flag('new')}/{n} = {100 * flag('new') / n:.1f} % / {flag('old')}/{n} ({flag('det')}) "
+            f"| {m('heavy', 'pix'):.3f}, {m('prod', 'pix'):.3f} | {100 * m('clean', 'pix'):.3f} % |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    what = argv[0] if argv else "compute"
+    cats = argv[1:] or categories()
+    if what == "compute":
+        for c in cats:
+            compute(c)
+    elif what in ("rules", "pythresh", "sweep", "impl"):
+        cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        data = load_all(cats)
+        rules = {"rules": RULES, "sweep": SWEEP, "impl": IMPL}.get(what) or {n: pythresh_rule(n) for n in PYTHRESH}
+        rows = evaluate_rules(data, rules)
+        tune = [c for c in cats if c in TUNE]
+        other = [c for c in cats if c not in TUNE]
+        for label, part in (("TUNE", tune), ("confirm", other), ("all", cats)):
+            if part:
+                summarise(rows, part, label)
+        if "-v" in os.environ.get("LABELS_FLAGS", ""):
+            for name, per in rows.items():
+                for c in cats:
+                    print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
+    elif what == "table":
+        cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        rows = final_rows(load_all(cats))
+        print(table(rows))
+    else:
+        raise SystemExit(f"unknown command {what!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
