@@ -13,6 +13,7 @@ Three parts, one concern each:
 import argparse
 import contextlib
 import math
+import os
 import socket
 import sys
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
 
@@ -103,18 +105,25 @@ def _add_model_options(parser, *, backbone, image_size):
     _add_common_options(parser)
 
 
-def build_pipeline(args, pretrained):
-    """The MuSc pipeline from the command-line options."""
+def build_pipeline(args, pretrained, novelty=False):
+    """The MuSc pipeline from the command-line options (``novelty``: a model for ``fit``)."""
     return Pipeline([
         ("vit", ViTPatchTransformer(
             backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
             layers=args.layers, device=args.device, batch_size=args.batch_size,
             progress=not args.no_progress, random_state=0)),
-        ("lnamd", LNAMDTransformer(r_list=tuple(args.r_list), device=args.device)),
+        ("lnamd", LNAMDTransformer(r_list=tuple(args.r_list), device=args.device,
+                                   dtype=getattr(args, "features_dtype", "float32"))),
         ("msm", MutualScoringDetector(contamination=args.contamination, device=args.device,
-                                      max_subset_size=args.max_subset_size, random_state=0)),
-        ("rscin", RsCINRescorer(k_list=tuple(args.k_list), contamination=args.contamination)),
+                                      max_subset_size=args.max_subset_size, random_state=0, novelty=novelty)),
+        ("rscin", RsCINRescorer(k_list=tuple(args.k_list), contamination=args.contamination, novelty=novelty)),
     ])
+
+
+# the options that define a model: fixed by --model, so refused beside it
+MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "r_list", "k_list",
+                 "contamination", "max_subset_size")
+MODEL_STEPS = ["vit", "lnamd", "msm", "rscin"]
 
 
 def _stage(text):
@@ -153,30 +162,57 @@ def check_options(args):
                              "PyTorch checkpoint; give the backbone's state dict")
 
 
-def collect_inputs(args, directory):
-    """The readable image files under ``directory`` and the unreadable ones (skipped or fatal)."""
-    root = Path(directory)
-    paths = collect_images(root, args.out)
-    names = [display_name(p, root) for p in paths]
+def _targets(targets, out):
+    """Image paths and display names of the folders and files given on the command line.
+
+    One folder: names relative to it (``sub/x.png``). Several targets, or
+    single files: each name starts with the name of the folder given (or of
+    the folder that holds the file given), so that two folders holding
+    ``x.png`` do not collide.
+    """
+    targets = [Path(t) for t in ([targets] if isinstance(targets, (str, Path)) else targets)]
+    if len(targets) == 1 and not targets[0].is_file():
+        root = targets[0]
+        paths = collect_images(root, out)
+        return paths, [display_name(p, root) for p in paths], root
+    paths, names = [], []
+    for target in targets:
+        if target.is_file():
+            if target.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{target} is not an image file (suffixes {' '.join(IMAGE_SUFFIXES)})")
+            found, base = [target], target.resolve().parent.parent
+        else:
+            found, base = collect_images(target, out), target.resolve().parent
+        paths += found
+        names += [display_name(p.resolve(), base) for p in found]
+    return paths, names, None
+
+
+def collect_inputs(args, targets, minimum=2):
+    """The readable image files of ``targets`` and the unreadable ones (skipped or fatal)."""
+    paths, names, root = _targets(targets, args.out)
     output_names(names)
+    shown = dict(zip(paths, names))
     bad = check_readable(paths)
     skipped = []
     if bad:
         first = bad[0]
         if not getattr(args, "skip_unreadable", False):
             more = f" ({len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
-            raise InputError(f"cannot read image {display_name(first.path, root)}: {first.reason}{more}; "
+            raise InputError(f"cannot read image {shown[first.path]}: {first.reason}{more}; "
                              "fix or remove it, or pass --skip-unreadable")
         bad_paths = {b.path for b in bad}
-        skipped = [(display_name(b.path, root), b.reason) for b in bad]
+        skipped = [(shown[b.path], b.reason) for b in bad]
         for name, reason in skipped:
             print(f"skipping unreadable image {name}: {reason}", file=sys.stderr)
         kept = [(p, n) for p, n in zip(paths, names) if p not in bad_paths]
         paths, names = [p for p, _ in kept], [n for _, n in kept]
-    if len(paths) < 2:
+    if len(paths) < minimum:
         suffixes = " ".join(IMAGE_SUFFIXES)
-        raise InputError(f"found {len(paths)} readable image(s) under {root} (suffixes {suffixes}; hidden "
-                         "files skipped); mutual scoring needs 2 or more")
+        where = root if root is not None else " ".join(str(t) for t in targets)
+        need = "mutual scoring needs 2 or more" if minimum > 1 else "nothing to score"
+        raise InputError(f"found {len(paths)} readable image(s) in {where} (suffixes {suffixes}; hidden "
+                         f"files skipped); {need}")
     if args.max_subset_size is not None:
         n_subsets = math.ceil(len(paths) / args.max_subset_size)
         if len(paths) // n_subsets < 2:
@@ -272,7 +308,7 @@ def compute(pipe, paths, names, *, skipped=(), settings=None):
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
         detector_scores=msm.anomaly_scores_, threshold=rscin.threshold_,
         anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, masks=None, settings=dict(settings or {}), timings=timings,
+        input_size=vit.input_size_, masks=msm.anomaly_masks_, settings=dict(settings or {}), timings=timings,
         skipped=skipped,
     )
 
@@ -306,6 +342,16 @@ def print_summary(results, seconds, contamination="auto", stream=None):
         print(f"  {results.scores[i]:.3f}  {verdict:9s}  {results.names[i]}", file=stream)
 
 
+def _load_checked_backbone(args, pipe):
+    _stage(f"[1/5] loading the backbone {args.backbone}")
+    vit = load_backbone(pipe["vit"])
+    r_max, grid = max(args.r_list), vit.grid_size_
+    if r_max > 2 * min(grid) - 1:
+        raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
+                         f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
+    return vit
+
+
 def run_score(args, directory, pretrained):
     """Check everything, compute, write; returns the ScoreResults."""
     t0 = time.perf_counter()
@@ -314,13 +360,8 @@ def run_score(args, directory, pretrained):
     folder.check()
     paths, names, skipped = collect_inputs(args, directory)
     pipe = build_pipeline(args, pretrained)
-    _stage(f"[1/5] loading the backbone {args.backbone}")
     t = time.perf_counter()
-    vit = load_backbone(pipe["vit"])
-    r_max, grid = max(args.r_list), vit.grid_size_
-    if r_max > 2 * min(grid) - 1:
-        raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
-                         f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
+    _load_checked_backbone(args, pipe)
     load_seconds = time.perf_counter() - t
     args.phase = "compute"  # from here on, a library error is a runtime failure (exit 3)
     results = compute(pipe, paths, names, skipped=skipped, settings=_settings(args, pipe))
@@ -330,6 +371,116 @@ def run_score(args, directory, pretrained):
     files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
     print(f"wrote {len(files)} files to {folder.path}/ (scores.csv, summary.json, report.html"
           f"{', overlays/' if not args.no_overlays else ''}, maps/) in {time.perf_counter() - t:.1f} s")
+    return results
+
+
+# --------------------------------------------------------------------------- saved models
+
+
+def run_fit(args):
+    """``fit``: a novelty model from reference images, saved with joblib (atomically)."""
+    check_options(args)
+    model = Path(args.model)
+    if model.is_dir():
+        raise InputError(f"--model {model} is a folder; give a file name such as {model / 'model.joblib'}")
+    if model.exists() and not args.overwrite:
+        raise InputError(f"--model {model} exists; pass --overwrite to replace it")
+    if not model.parent.is_dir():
+        raise InputError(f"--model {model}: the folder {model.parent} does not exist")
+    paths, names, skipped = collect_inputs(args, args.references)
+    pipe = build_pipeline(args, _pretrained(args), novelty=True)
+    _load_checked_backbone(args, pipe)
+    args.phase = "compute"
+    results = compute(pipe, paths, names, skipped=skipped)
+    tmp = model.with_name(f".{model.name}.partial")
+    try:
+        joblib.dump(pipe, tmp)
+        os.replace(tmp, model)  # a model file is complete or absent
+    finally:
+        tmp.unlink(missing_ok=True)
+    msm = pipe["msm"]
+    print(f"fitted a pool of {len(paths)} images in {results.timings['scoring_total']:.1f} s: "
+          f"{msm.pool_.features.shape[1]} feature sets, {msm.pool_.features.nbytes / 2**20:.0f} MiB of pool "
+          f"features ({msm.pool_.features.dtype}); threshold {results.threshold:.4f}")
+    if results.n_anomalous:
+        print(f"  {results.n_anomalous} reference image(s) score above the threshold themselves: check that "
+              "the references are good parts", file=sys.stderr)
+    print(f"wrote {model} ({model.stat().st_size / 2**20:.0f} MiB)")
+    return pipe
+
+
+def load_model(path):
+    """A pipeline saved by ``fit``; InputError when the file is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--model {path} does not exist; make one with: sklearn-musc fit REFS --model {path}")
+    try:
+        pipe = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise InputError(f"--model {path} cannot be read ({type(exc).__name__}: {_one_line(exc)})") from None
+    ok = (isinstance(pipe, Pipeline) and [name for name, _ in pipe.steps] == MODEL_STEPS
+          and pipe["msm"].novelty and pipe["rscin"].novelty)
+    if not ok:
+        raise InputError(f"--model {path} is not a model saved by 'sklearn-musc fit'")
+    return pipe
+
+
+def compute_new(pipe, paths, names, *, skipped=(), settings=None):
+    """Score new images against a saved model's pool; a ScoreResults like :func:`compute`'s."""
+    vit, lnamd, msm, rscin = (pipe[k] for k in MODEL_STEPS)
+    timings = {}
+    start = time.perf_counter()
+    _stage(f"[2/4] ViT patch tokens of {len(paths)} images ({vit.backbone_}, {vit.input_size_[0]} x "
+           f"{vit.input_size_[1]} px)")
+    tokens = vit.transform(ImageFiles(paths))
+    timings["vit"] = time.perf_counter() - start
+    t = time.perf_counter()
+    _stage(f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images")
+    new = msm.transform(lnamd.fit_transform(tokens))  # LNAMD's fit only checks the shapes
+    timings["scoring"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _stage("[4/4] RsCIN re-scoring against the pool")
+    scores = -rscin.score_samples(new)
+    timings["rscin"] = time.perf_counter() - t
+    timings["scoring_total"] = time.perf_counter() - start
+    return ScoreResults(
+        paths=paths, names=names, scores=scores, labels=np.where(scores > rscin.threshold_, -1, 1),
+        detector_scores=new.scores, threshold=rscin.threshold_, anomaly_maps=new.anomaly_maps,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=new.anomaly_masks,
+        settings=dict(settings or {}), timings=timings, skipped=skipped,
+    )
+
+
+def run_score_model(args):
+    """``score --model``: new images (folders or files) against a saved model's pool."""
+    t0 = time.perf_counter()
+    given = [o for o in MODEL_OPTIONS if getattr(args, o) != args.model_defaults[o]]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} cannot be combined with --model: the model "
+                         "fixes it (fit a new model to change it)")
+    check_options(args)
+    if not Path(args.model).is_file():
+        raise InputError(f"--model {args.model} does not exist; make one with: sklearn-musc fit REFS "
+                         f"--model {args.model}")
+    folder = OutputFolder(args.out, overwrite=args.overwrite)
+    folder.check()
+    paths, names, skipped = collect_inputs(args, args.targets, minimum=1)
+    _stage(f"[1/4] loading the model {args.model}")
+    pipe = load_model(args.model)
+    device = resolve_device(args.device)
+    pipe.set_params(vit__device=str(device), vit__batch_size=args.batch_size,
+                    vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device))
+    args.phase = "compute"
+    settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
+                "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
+                "device": str(device)}
+    results = compute_new(pipe, paths, names, skipped=skipped, settings=settings)
+    results.timings = {"checks_and_load": time.perf_counter() - t0 - results.timings["scoring_total"],
+                       **results.timings}
+    print_summary(results, results.timings["scoring_total"], "model")
+    t = time.perf_counter()
+    files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
+    print(f"wrote {len(files)} files to {folder.path}/ in {time.perf_counter() - t:.1f} s")
     return results
 
 
@@ -396,9 +547,16 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"sklearn-musc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score every image under DIR as one batch", epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    score.add_argument("directory", metavar="DIR")
+    score = sub.add_parser(
+        "score", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="score every image under DIR as one batch, or new images against a saved --model",
+        description="Without --model: the images under DIR score each other (one unlabeled batch). "
+                    "With --model: each image of the given folders or files is scored against the "
+                    "model's pool of references alone (its score does not depend on the other new images).")
+    score.add_argument("targets", metavar="PATH", nargs="+",
+                       help="DIR (a batch); with --model, one or more folders or image files")
+    score.add_argument("--model", default=None,
+                       help="a model saved by 'sklearn-musc fit' (a joblib file: load only files you trust)")
     score.add_argument("--out", required=True, help="folder for the results (see below)")
     score.add_argument("--overwrite", action="store_true",
                        help="replace the outputs of an earlier run in --out (the files it wrote are removed)")
@@ -406,6 +564,22 @@ def build_parser():
                        help="leave out images that cannot be read (listed on stderr and in summary.json) "
                             "instead of stopping")
     _add_model_options(score, backbone="open_clip:ViT-L-14-336", image_size=518)
+    score.set_defaults(model_defaults={o: score.get_default(o) for o in MODEL_OPTIONS})
+    fit = sub.add_parser(
+        "fit", help="make a model from reference images (a pool that scores new images) and save it",
+        description="The reference images (known-good parts, or an unlabeled batch of the product) become "
+                    "the pool that scores new images with 'sklearn-musc score PATH --model FILE'.",
+        epilog="exit status as for 'score'; the model file is written whole or not at all.",
+    )
+    fit.add_argument("references", metavar="REFS", nargs="+", help="folders or image files of references")
+    fit.add_argument("--model", required=True, help="the file to write (joblib), e.g. model.joblib")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing --model file")
+    fit.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read")
+    fit.add_argument("--features-dtype", choices=["float32", "float16"], default="float32",
+                     help="storage of the pool's features: float16 halves the model file "
+                          "(scores move by about 2e-5)")
+    fit.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    _add_model_options(fit, backbone="open_clip:ViT-L-14-336", image_size=518)
     demo = sub.add_parser("demo", help="generate a small synthetic batch with defects and score it",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", default="musc-demo",
@@ -428,8 +602,15 @@ def main(argv=None):
     try:
         if args.command == "demo":
             run_demo(args)
+        elif args.command == "fit":
+            run_fit(args)
+        elif args.model is not None:
+            run_score_model(args)
         else:
-            run_score(args, args.directory, _pretrained(args))
+            if len(args.targets) != 1 or Path(args.targets[0]).is_file():
+                raise InputError("without --model, score takes one folder: its images score each other "
+                                 "(to score single files, fit a model first: sklearn-musc fit REFS --model FILE)")
+            run_score(args, args.targets[0], _pretrained(args))
         return EXIT_OK
     except KeyboardInterrupt:
         if args.debug:

@@ -392,11 +392,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             original_sizes=X.original_sizes,
         )
 
-    def _upsample(self, patch_scores, input_size):
+    def _upsample(self, patch_scores, input_size, device=None):
         if input_size is None or tuple(input_size) == patch_scores.shape[1:]:
             return patch_scores.copy()
         maps = np.empty((len(patch_scores),) + tuple(input_size), dtype=np.float32)
-        device = getattr(self, "device_", None) or resolve_device(self.device)
+        device = device or self.device_
         with torch.inference_mode():
             for start in range(0, len(patch_scores), 64):
                 grid = torch.as_tensor(patch_scores[start : start + 64], device=device)
@@ -553,13 +553,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             X.set_index = pool.set_index  # a raw array says nothing of its sets: take them as the pool's
         _check_compatible(X, pool, "the new images", "the pool")
         n_pool, n_new = pool.n_images, X.n_images
-        budget = self.memory_budget or _msm.default_memory_budget(self.device_)
+        # the device as set now (a saved model may be loaded where the fitted one is absent)
+        device = resolve_device(self.device)
+        budget = self.memory_budget or _msm.default_memory_budget(device)
         k_bounds = self._bounds(n_pool + 1)  # as if each new image had joined the pool
         chunks, parts = _novelty_jobs(n_new, n_pool, effective_n_jobs(self.n_jobs))
         best = Parallel(n_jobs=self.n_jobs)(
             delayed(_msm_batch.pool_best_matches)(
                 X.features[c], self._pool_sets[:, p], self._pool_inv_norms[:, p], k_bounds[1],
-                self.device_, budget, self.precision, self.radius,
+                device, budget, self.precision, self.radius,
             )
             for c in chunks
             for p in parts
@@ -569,7 +571,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             for i in range(len(chunks))
         ])
         patch_scores = set_scores.mean(axis=1).reshape((n_new,) + X.grid_size)
-        maps = self._upsample(patch_scores, X.input_size)
+        maps = self._upsample(patch_scores, X.input_size, device)
         scores = maps.reshape(n_new, -1).max(axis=1)
         return self._image_scores(X, patch_scores, maps, scores)
 
