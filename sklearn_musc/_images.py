@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "as_image_list", "load_image", "preprocess", "resize_crop_geometry"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "as_image_list", "crop_box", "load_image", "preprocess",
+           "resize_crop_geometry"]
 
 #: File suffixes read as images (lower case), by the dataset loaders and the
 #: command line alike. GIF and WebP are read as their first frame.
@@ -300,6 +301,20 @@ def resize_crop_geometry(original_size, target_size):
     else:
         rh, rw = max(th, int(h * tw / w)), tw
     return (rh, rw), (int(round((rh - th) / 2.0)), int(round((rw - tw) / 2.0)))
+
+
+def crop_box(original_size, target_size):
+    """``(y0, y1, x0, x1)``: where the model input lies on the original image, in its pixels.
+
+    The inverse view of :func:`resize_crop_geometry`, used to put maps and
+    masks of the model input back on the image; never empty.
+    """
+    h0, w0 = original_size
+    (rh, rw), (top, left) = resize_crop_geometry((h0, w0), target_size)
+    # the resize scales each axis by rh/h0, rw/w0
+    y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + target_size[0]))
+    x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + target_size[1]))
+    return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
 
 
 def preprocess(image, size, mean, std):

@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ._images import load_image, resize_crop_geometry
+from ._images import crop_box, load_image
 from ._inputs import RUN_MANIFEST, InputError
 
 __all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
@@ -161,19 +161,10 @@ def _scale_index(values, vmin, vmax):
     return np.rint(t * 255.0).astype(np.uint8)
 
 
-def _crop_box(original_size, input_size):
-    """(x0, y0, x1, y1): where the model input lies on the original image."""
-    h0, w0 = original_size
-    (rh, rw), (top, left) = resize_crop_geometry((h0, w0), input_size)
-    y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + input_size[0]))
-    x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + input_size[1]))
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
-
-
 def _to_original(small, original_size, input_size, resample, fill):
     """An L image at input size onto the original image: resized into the crop box, rest ``fill``."""
     h0, w0 = original_size
-    x0, y0, x1, y1 = _crop_box(original_size, input_size)
+    y0, y1, x0, x1 = crop_box(original_size, input_size)
     inner = small.resize((x1 - x0, y1 - y0), resample)
     if fill == "min":  # as maps_to_original: the unseen borders at the resized map's minimum
         fill = inner.getextrema()[0]

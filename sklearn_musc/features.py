@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
-from ._images import as_image_list, load_image, preprocess, resize_crop_geometry
+from ._images import as_image_list, crop_box, load_image, preprocess, resize_crop_geometry
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
 
@@ -464,11 +464,7 @@ def maps_to_original(maps, original_sizes, input_size, *, fill="min"):
         if m.ndim != 2:
             raise ValueError(f"each map must be 2-D, got shape {m.shape}")
         h0, w0 = _check_size(size, "original size")
-        (rh, rw), (top, left) = resize_crop_geometry((h0, w0), input_size)
-        # Crop box in original pixels (the resize scales each axis by rh/h0, rw/w0).
-        y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + input_size[0]))
-        x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + input_size[1]))
-        y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
+        y0, y1, x0, x1 = crop_box((h0, w0), input_size)
         inner = F.interpolate(
             torch.from_numpy(m)[None, None], size=(y1 - y0, x1 - x0),
             mode="bilinear", align_corners=False, antialias=True,
