@@ -125,7 +125,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         memory; made for "tf32" and "bfloat16". Both give the same scores
         (to float32 rounding). "fused" has been checked with Triton's
         interpreter and compiled for sm_80/sm_90, but not yet timed on a
-        GPU, hence not the default (see ``benchmarks/RESULTS.md``).
+        GPU, hence not the default (see ``benchmarks/RESULTS.md``). Scoring
+        new images against a pool (novelty), same-position matching
+        (``radius``) and references always use "matmul" products.
 
     Attributes
     ----------

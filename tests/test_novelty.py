@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import joblib
+import torch
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -291,3 +292,20 @@ def test_a_pipeline_with_rscin_scores_new_images(rng):
     plain = Pipeline([("msm", MutualScoringDetector(novelty=True, device="cpu")), ("rscin", RsCINRescorer())])
     with pytest.raises(AttributeError):
         plain.fit(feats.take(range(9))).predict(new)
+
+
+def test_a_pool_that_does_not_fit_is_streamed_in_tiles(rng, monkeypatch):
+    from sklearn_musc import _msm
+
+    feats = features_of(make_tokens(rng, n=14, h=4, w=4, dim=16), r_list=(1,))
+    det = MutualScoringDetector(novelty=True, device="cpu").fit(feats.take(range(10)))
+    new = feats.take(range(10, 14))
+    whole = det.score_samples(new)
+    L, C, N = 16, 16, 10
+    k = _msm.interval_bounds(N + 1, 0.0, 0.3)[1]
+    # room for the table of 4 new images and tiles of 2 images, not for the pool's features
+    budget = 4 * (4 * N * L + 3 * 4 * k * L) * 2 + 4 * ((2 * L) ** 2 + 2 * 2 * L * C) + 64
+    plan = _msm.Plan(4, L, C, k, torch.device("cpu"), budget, n_cols=N)
+    assert not plan.resident and plan.block < N
+    streamed = det.set_params(memory_budget=budget).score_samples(new)
+    np.testing.assert_allclose(streamed, whole, atol=1e-6)
