@@ -1,4 +1,4 @@
-"""Reproduce the paper's per-category table (SPEC section 5) on a dataset root.
+"""Reproduce the paper's per-category table (docs/algorithm.rst, "Evaluation") on a dataset root.
 
 Every category's test set is scored as one unlabeled batch by the whole
 pipeline (ViT -> LNAMD -> MSM -> RsCIN); image metrics are taken on the final
@@ -44,9 +44,9 @@ COLUMNS = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max
 HEADERS = ["image AUROC", "image F1-max", "image AP", "pixel AUROC", "pixel F1-max", "pixel AP", "PRO",
            "image AUROC (MSM)"]
 
-# Published MuSc means (SPEC section 5; ViT-L-14-336 "openai", 518 px, r = 1,3,5, topmin_max = 0.3),
+# Published MuSc means (the paper; ViT-L-14-336 "openai", 518 px, r = 1,3,5, topmin_max = 0.3),
 # in percent. Only the means: the per-category numbers (the paper's Tables 17, 18) are not
-# available here, and the SPEC gives none for BTAD.
+# available here, and none are published here for BTAD.
 PAPER_MEANS = {
     "mvtec": dict(image_auroc=97.8, image_f1max=97.5, image_ap=99.1,
                   pixel_auroc=97.3, pixel_f1max=62.6, pixel_ap=62.7, pro=93.8),
@@ -210,7 +210,7 @@ def write_markdown(results, mean, settings, device, path):
     lines.append(row("**mean**", mean))
     if is_paper_setting(s):
         lines.append(row("paper (mean)", {k: v / 100 for k, v in PAPER_MEANS[s["dataset"]].items()}))
-        lines += ["", "The paper row holds the published means (SPEC section 5); its per-category "
+        lines += ["", "The paper row holds the published means; its per-category "
                   "numbers (Tables 17, 18) are not available here."]
     else:
         lines += ["", "The setting differs from the paper's (open_clip ViT-L-14-336 with `openai` weights "

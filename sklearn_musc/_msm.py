@@ -1,4 +1,4 @@
-"""Mutual-scoring kernels (SPEC section 3) on torch tensors.
+"""Mutual-scoring kernels on torch tensors (docs/algorithm.rst, "Mutual scoring").
 
 For unit vectors ``||x - y||^2 = 2 - 2 x.y``, so the nearest patch of image j
 to a patch of image i is the one with the largest dot product. One matrix
@@ -25,7 +25,7 @@ _TILE_BYTES = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}
 
 
 def interval_bounds(n_images, topmin_min, topmin_max):
-    """``(k_min, k_max)`` for a batch of ``n_images`` (SPEC's max(1, k) fix)."""
+    """``(k_min, k_max)`` for a batch of ``n_images`` (at least 1: docs/algorithm.rst, "Where the reference code and the paper differ")."""
     others = n_images - 1
     k_max = max(1, int(math.floor(others * topmin_max)))
     k_min = min(int(math.floor(others * topmin_min)), k_max - 1)

@@ -1,4 +1,4 @@
-"""Local Neighbourhood Aggregation with Multiple Degrees (LNAMD), SPEC section 2."""
+"""Local Neighbourhood Aggregation with Multiple Degrees (LNAMD); docs/algorithm.rst, "LNAMD"."""
 
 import numbers
 

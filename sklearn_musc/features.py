@@ -1,4 +1,4 @@
-"""ViT patch tokens of images (SPEC section 1): ``ViTPatchTransformer``."""
+"""ViT patch tokens of images (docs/algorithm.rst, "Features"): ``ViTPatchTransformer``."""
 
 from __future__ import annotations
 
@@ -520,7 +520,7 @@ def masks_to_input(masks, input_size):
     """Resize and centre-crop ground-truth masks exactly like their images.
 
     Use it to compare anomaly maps with masks at the model input size, as the
-    paper's pixel metrics do (SPEC section 5); :func:`maps_to_original` goes
+    paper's pixel metrics do (docs/algorithm.rst, "Evaluation"); :func:`maps_to_original` goes
     the other way.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the MuSc paper (SPEC section 5), exact and fast.
+"""Evaluation metrics of the MuSc paper (docs/algorithm.rst, "Evaluation"), exact and fast.
 
 Image level: :func:`image_auroc`, :func:`image_ap`, :func:`image_f1_max` over
 one score per image. Pixel level: :func:`pixel_auroc`, :func:`pixel_ap`,
@@ -558,7 +558,7 @@ del _f
 # ---------------------------------------------------------------------------
 
 def evaluate(y_true, scores, masks=None, maps=None, pro=True, *, max_fpr=0.3):
-    """All metrics of the paper at once (SPEC section 5).
+    """All metrics of the paper at once (docs/algorithm.rst, "Evaluation").
 
     The pixels are sorted once for the four pixel metrics.
 

@@ -1,4 +1,4 @@
-"""Re-scoring with a Constrained Image-level Neighbourhood (RsCIN), SPEC section 4."""
+"""Re-scoring with a Constrained Image-level Neighbourhood (RsCIN); docs/algorithm.rst, "RsCIN"."""
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -40,7 +40,7 @@ def _rscin_new(scores, embeddings, pool_scores, pool_embeddings, k_list):
 def _rscin(scores, embeddings, k_list):
     """Mean over k of the top-k-neighbourhood weighted averages of the scores.
 
-    SPEC section 4 min-max scales the scores first. Every row of weights sums
+    The reference min-max scales the scores first. Every row of weights sums
     to 1, so each output is a weighted mean and scaling commutes with it:
     applied to the raw scores, the output is exactly ``min + (max - min)``
     times the scaled one, in the same order, but on the scale of the input,
@@ -78,7 +78,7 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     embeddings. The result is the mean over the windows. The weights of a
     mean sum to 1, so the output stays on the scale of the input scores: it
     equals ``min + (max - min)`` times the reference's output on min-max
-    normalised scores (SPEC section 4), in the same order, and a threshold
+    normalised scores (the reference code), in the same order, and a threshold
     carries over from one batch to another. Similar images get similar
     scores, which suppresses the isolated false alarms of a patch-level
     scorer.

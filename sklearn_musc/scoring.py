@@ -1,4 +1,4 @@
-"""Mutual Scoring Mechanism (MSM), SPEC section 3: the images of a batch score each other."""
+"""Mutual Scoring Mechanism (MSM): the images of a batch score each other (docs/algorithm.rst)."""
 
 import hashlib
 import math

@@ -14,7 +14,7 @@ def test_rscin_matches_float64_reference(rng, k_list):
     emb = rng.normal(size=(12, 10)) + 0.8  # mostly positive cosines, some negative
     scores = rng.normal(size=12)
     out = RsCINRescorer(k_list=k_list).fit(emb, scores=scores)
-    # the reference (SPEC 4) min-max scales first; the rows of weights sum to 1,
+    # the reference code min-max scales first; the rows of weights sum to 1,
     # so on the input scale the output is min + (max - min) * the reference's
     expected = scores.min() + np.ptp(scores) * ref.rscin(scores, emb, k_list)
     assert np.abs(out.anomaly_scores_ - expected).max() < 1e-12
