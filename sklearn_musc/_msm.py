@@ -25,7 +25,11 @@ _TILE_BYTES = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}
 
 
 def interval_bounds(n_images, topmin_min, topmin_max):
-    """``(k_min, k_max)`` for a batch of ``n_images`` (at least 1: docs/algorithm.rst, "Where the reference code and the paper differ")."""
+    """``(k_min, k_max)`` for a batch of ``n_images``.
+
+    ``k_max`` is at least 1, where the reference code divides by zero
+    (docs/algorithm.rst, "Where the reference code and the paper differ").
+    """
     others = n_images - 1
     k_max = max(1, int(math.floor(others * topmin_max)))
     k_min = min(int(math.floor(others * topmin_min)), k_max - 1)

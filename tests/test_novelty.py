@@ -1,7 +1,6 @@
 """MutualScoringDetector beyond one batch: novelty scoring of new images against
 a fitted pool, known-normal references (few-shot, MuSc+), same-position matching."""
 
-import math
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from sklearn.pipeline import Pipeline
 
 import _reference as ref
 from conftest import SHARED, make_tokens
-from sklearn_musc import FeatureSets, LNAMDTransformer, MutualScoringDetector, RsCINRescorer
+from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer
 
 
 def features_of(tokens, r_list=(1, 3)):
