@@ -315,9 +315,12 @@ def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
     the scorer images ``S`` (``P``, or ``Z`` itself when ``P`` is None) with
     ``|row(q) - row(p)| <= radius`` and ``|col(q) - col(p)| <= radius``;
     ``radius=0`` compares each patch with the same position only. For every
-    offset ``d`` of the window, the patches at ``p`` and ``p + d`` of all
-    images form one batched product (a ``n x n_scorers`` Gram matrix per
-    position), so the cost is ``(2 radius + 1)**2 / L`` of global matching.
+    offset ``d`` of the window and every grid row, the patches at ``p`` and
+    ``p + d`` of all images form one batched product (a ``n x n_scorers``
+    Gram matrix per position), so the cost is ``(2 radius + 1)**2 / L`` of
+    global matching's products. When the images score each other, the
+    product for ``d`` also gives, transposed, the matches for ``-d``, so
+    only half of the offsets are multiplied.
 
     Off CUDA, and for "bfloat16" everywhere, the rounding of "tf32" and
     "bfloat16" inputs is emulated and the products are float32.
@@ -325,28 +328,35 @@ def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
     Returns
     -------
     table : tensor of shape (n, L, n_scorers) on ``Z``'s device
-        ``-inf`` for ``i == j`` when the images score each other.
+        ``-inf`` for ``i == j`` when the images score each other. A view
+        whose last axis is contiguous (what :func:`interval_average` reads).
     """
     n, L, C = Z.shape
     h, w = grid
     S = Z if P is None else P
+    m = len(S)
     rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(precision)
     A, B = (Z.float(), S.float()) if rounding is None else (rounding(Z.float()), rounding(S.float()))
-    A, B = A.view(n, h, w, C), B.view(len(S), h, w, C)
-    # (h, w, n, n_scorers): positions first, so one offset is one slice and one batched product
-    best = torch.full((h, w, n, len(S)), -math.inf, dtype=torch.float32, device=Z.device)
+    # positions first: one grid row of one offset is a contiguous batch of Gram matrices
+    A = A.view(n, h, w, C).permute(1, 2, 0, 3).contiguous()  # (h, w, n, C)
+    B = A.transpose(2, 3) if P is None else B.view(m, h, w, C).permute(1, 2, 3, 0).contiguous()  # (h, w, C, m)
+    best = torch.full((h, w, n, m), -math.inf, dtype=torch.float32, device=Z.device)
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    if P is None:  # (dy, dx) and (-dy, -dx) come from one product
+        offsets = [(dy, dx) for dy, dx in offsets if (dy, dx) >= (0, 0)]
     with _matmul_precision(precision if precision == "tf32" else "float32", Z.device):
-        for dy in range(-radius, radius + 1):
-            y0, y1 = max(0, -dy), min(h, h - dy)  # rows p whose row + dy is on the grid
-            for dx in range(-radius, radius + 1):
-                x0, x1 = max(0, -dx), min(w, w - dx)
-                if y0 >= y1 or x0 >= x1:
-                    continue
-                a = A[:, y0:y1, x0:x1].permute(1, 2, 0, 3)  # (hy, wx, n, C)
-                s = B[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx].permute(1, 2, 3, 0)  # (hy, wx, C, n_s)
-                region = best[y0:y1, x0:x1]
-                torch.maximum(region, a @ s, out=region)
-    table = best.reshape(L, n, len(S)).permute(1, 0, 2).contiguous()
+        for dy, dx in offsets:
+            x0, x1 = max(0, -dx), min(w, w - dx)  # columns p whose column + dx is on the grid
+            if x0 >= x1:
+                continue
+            for y in range(max(0, -dy), min(h, h - dy)):
+                gram = A[y, x0:x1] @ B[y + dy, x0 + dx : x1 + dx]  # (wx, n, m)
+                here = best[y, x0:x1]
+                torch.maximum(here, gram, out=here)
+                if P is None and (dy, dx) != (0, 0):  # the same products seen from p + d
+                    there = best[y + dy, x0 + dx : x1 + dx]
+                    torch.maximum(there, gram.transpose(1, 2), out=there)
+    table = best.view(L, n, m).permute(1, 0, 2)
     if P is None:
         idx = torch.arange(n, device=Z.device)
         table[idx, :, idx] = -math.inf
