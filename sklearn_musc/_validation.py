@@ -226,12 +226,12 @@ DEVICE = Satisfies(_device, "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
 
 def _describe(constraint):
     if constraint is None:
-        return "None"
+        return ["None"]
     if constraint == "boolean":
-        return "True or False"
+        return ["True or False"]
     if constraint == "random_state":
-        return "an int or a numpy.random.RandomState"
-    return str(constraint)
+        return ["an int", "a numpy.random.RandomState"]
+    return [str(constraint)]
 
 
 def _satisfied(constraint, value):
@@ -254,7 +254,7 @@ def validate_params(estimator):
         value = getattr(estimator, name)
         if any(_satisfied(c, value) for c in constraints):
             continue
-        options = [_describe(c) for c in constraints]
+        options = [what for c in constraints for what in _describe(c)]
         what = options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
