@@ -10,7 +10,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import FeatureSets
 from ._device import resolve_device
-from ._validation import as_patch_tokens, check_finite, check_int_list
+from ._validation import (DEVICE, Interval, Options, Satisfies, as_patch_tokens, check_finite, check_int_list,
+                          input_tags, int_sequence, validate_params)
 
 __all__ = ["LNAMDTransformer"]
 
@@ -134,7 +135,15 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
     ((0, 1), (0, 3), (1, 1), (1, 3))
     """
 
-    def __init__(self, r_list=(1, 3, 5), aggregation="mean", device="auto", batch_size=32, dtype="float32"):
+    _parameter_constraints = {
+        "r_list": [int_sequence(minimum=1, odd=True)],
+        "aggregation": [Options("mean", "similarity")],
+        "device": [DEVICE],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "dtype": [Satisfies(_is_storage_dtype, "'float32' or 'float16'")],
+    }
+
+    def __init__(self, *, r_list=(1, 3, 5), aggregation="mean", device="auto", batch_size=32, dtype="float32"):
         self.r_list = r_list
         self.aggregation = aggregation
         self.device = device
@@ -155,14 +164,8 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        r_list = check_int_list(self.r_list, "r_list", odd=True)
-        if self.aggregation not in ("mean", "similarity"):
-            raise ValueError(f"aggregation must be 'mean' or 'similarity', got {self.aggregation!r}")
-        if not isinstance(self.batch_size, numbers.Integral) or isinstance(self.batch_size, bool) \
-                or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not _is_storage_dtype(self.dtype):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        validate_params(self)
+        r_list = check_int_list(self.r_list, "r_list", odd=True)  # as a tuple of ints
         X = as_patch_tokens(X)
         _, n_layers, h, w, dim = X.tokens.shape
         if max(r_list) > 2 * min(h, w) - 1:
@@ -227,3 +230,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             sources=X.sources,
             backbone=X.backbone,
         )
+
+    def __sklearn_tags__(self):
+        return input_tags(super().__sklearn_tags__())
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"X_types": ["3darray"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +18,7 @@ from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
 from ._images import as_image_list, crop_box, load_image, preprocess, resize_crop_geometry
+from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
 
@@ -208,8 +210,24 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     ((0, 1, 2, 3), ((60, 80), (60, 80)))
     """
 
+    _parameter_constraints = {
+        "backbone": [InstanceOf(str, "a str")],
+        "pretrained": [None, "boolean", InstanceOf((str, os.PathLike), "a str or a path")],
+        "image_size": [Satisfies(lambda v: _check_size(v, "image_size"),
+                                 "a positive int or a (height, width) pair of positive ints")],
+        "layers": [None, int_sequence(minimum=None)],
+        "backbone_kwargs": [None, InstanceOf(dict, "a dict")],
+        "device": [DEVICE],
+        "precision": [Options(*_PRECISIONS)],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "token_dtype": [Options(*_TOKEN_DTYPES)],
+        "progress": ["boolean"],
+        "random_state": [None, "random_state"],
+    }
+
     def __init__(
         self,
+        *,
         backbone="open_clip:ViT-L-14-336",
         pretrained="openai",
         image_size=518,
@@ -248,22 +266,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
+        validate_params(self)
         size = _check_size(self.image_size, "image_size")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.token_dtype not in _TOKEN_DTYPES:
-            raise ValueError(
-                f"token_dtype must be 'float16' or 'float32', got {self.token_dtype!r}"
-            )
-        if not isinstance(self.batch_size, numbers.Integral) or isinstance(self.batch_size, bool) \
-                or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
-            raise ValueError(
-                f"backbone_kwargs must be a dict or None, got {self.backbone_kwargs!r}"
-            )
         device = resolve_device(self.device)
         if self.precision != "float32" and device.type != "cuda":
             raise ValueError(
@@ -319,6 +323,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             self.device_ = resolve_device(self.device)
             self._backbone = backbone = backbone.to(self.device_)
         return backbone
+
+    def __sklearn_tags__(self):
+        return input_tags(super().__sklearn_tags__(), string=True)  # paths, PIL images, (N, H, W[, C]) arrays
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"X_types": ["3darray", "string"]}
 
     def __getstate__(self):
         state = dict(super().__getstate__())

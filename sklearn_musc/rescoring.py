@@ -1,13 +1,15 @@
 """Re-scoring with a Constrained Image-level Neighbourhood (RsCIN); docs/algorithm.rst, "RsCIN"."""
 
+import numbers
+
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
-from ._threshold import check_threshold, threshold_scores
-from ._validation import check_contamination, check_int_list
+from ._threshold import threshold_scores
+from ._validation import CONTAMINATION, Interval, Options, check_int_list, input_tags, int_sequence, validate_params
 
 __all__ = ["RsCINRescorer"]
 
@@ -154,7 +156,15 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     array([ 1,  1,  1, -1,  1,  1])
     """
 
-    def __init__(self, k_list=(1, 2, 3), embedding="auto", contamination="auto", threshold=None,
+    _parameter_constraints = {
+        "k_list": [int_sequence(minimum=1)],
+        "embedding": [Options("auto", "image", "salient")],
+        "contamination": CONTAMINATION,
+        "threshold": [None, Interval(numbers.Real, None, None)],
+        "novelty": ["boolean"],
+    }
+
+    def __init__(self, *, k_list=(1, 2, 3), embedding="auto", contamination="auto", threshold=None,
                  novelty=False):
         self.k_list = k_list
         self.embedding = embedding
@@ -162,9 +172,11 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         self.threshold = threshold
         self.novelty = novelty
 
+    def __sklearn_tags__(self):
+        # embeddings are a 2-D table, but fit needs scores too (or ImageScores)
+        return input_tags(super().__sklearn_tags__(), two_d_array=True)
+
     def _embeddings(self, X):
-        if self.embedding not in ("auto", "image", "salient"):
-            raise ValueError(f"embedding must be 'auto', 'image' or 'salient', got {self.embedding!r}")
         if self.embedding in ("auto", "image") and X.embeddings is not None:
             return X.embeddings, "image"
         if self.embedding in ("auto", "salient") and X.salient_features is not None:
@@ -193,11 +205,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         -------
         self : object
         """
-        k_list = check_int_list(self.k_list, "k_list")
-        check_contamination(self.contamination)
-        threshold = check_threshold(self.threshold)
-        if not isinstance(self.novelty, (bool, np.bool_)):
-            raise ValueError(f"novelty must be True or False, got {self.novelty!r}")
+        validate_params(self)
+        k_list = check_int_list(self.k_list, "k_list")  # as a tuple of ints
+        threshold = None if self.threshold is None else float(self.threshold)
         if isinstance(X, ImageScores) and threshold is None and self.contamination == "auto":
             threshold = X.threshold  # the detector's, on the same scale
         scores, embeddings, self.embedding_ = self._inputs(X, scores)

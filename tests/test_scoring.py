@@ -199,12 +199,25 @@ def test_sklearn_contract_and_transform(rng):
         det.transform(np.zeros((3, 1, 2, 2, 4)))
     feats = features_of(make_tokens(rng, n=5))
     det.set_params(device="cpu").fit(feats)
-    assert det.transform(feats).scores is det.anomaly_scores_
     with pytest.raises(ValueError, match="fit_transform"):
         det.transform(features_of(make_tokens(rng, n=5)))
     restored = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(restored.anomaly_scores_, det.anomaly_scores_)
-    assert restored.transform(feats).scores.shape == (5,)
+
+
+def test_transductive_transform_never_returns_a_fitted_batch(rng):
+    """Issue 12: transform recognised 'the same batch' by one patch per image,
+    and returned the fitted batch's scores for a batch that differs elsewhere."""
+    feats = features_of(make_tokens(rng, n=5))
+    det = MutualScoringDetector(device="cpu").fit(feats)
+    other = feats.features.copy()
+    other[2, 0, 1, 1, 0] += 0.5  # one value of one patch (not the first) of one image
+    for X in (other, feats):  # the fitted batch too: transform is not a second fit_transform
+        with pytest.raises(ValueError, match="fit_transform"):
+            det.transform(X)
+    # the transductive flows go through fit_transform
+    np.testing.assert_array_equal(MutualScoringDetector(device="cpu").fit_transform(feats).scores,
+                                  det.anomaly_scores_)
 
 
 @pytest.mark.parametrize(
