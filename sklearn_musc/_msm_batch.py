@@ -11,11 +11,24 @@ apply the interval average and return numpy arrays. Two ways of scoring:
   best matches are merged, so that parts run on different workers.
 """
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _msm
+
+
+def _tensor(array):
+    """A torch view of a numpy array, read-only ones included (memory-mapped features).
+
+    torch warns that it cannot protect a read-only array from writes; the
+    scoring loops only read what they are given.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array)
 
 
 def _load_set(part, where):
@@ -26,7 +39,7 @@ def _load_set(part, where):
     ``||x - y||^2 = 2 - 2 x.y``.
     """
     n, h, w, dim = part.shape
-    Z = torch.as_tensor(part).reshape(n, h * w, dim)
+    Z = _tensor(part).reshape(n, h * w, dim)
     if Z.dtype not in (torch.float16, torch.float32):
         Z = Z.float()
     Z = Z.to(where, non_blocking=True).float()
@@ -140,8 +153,8 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, pre
         best = torch.empty((m, n_sets, L, keep), dtype=torch.float32, device=device)
         finite = torch.ones((), dtype=torch.bool, device=where)
         for s in range(n_sets):
-            P = torch.from_numpy(pool_sets[s]).reshape(N, L, dim).to(where, non_blocking=True)
-            P = P.float() * torch.from_numpy(pool_inv_norms[s]).to(where)[..., None]
+            P = _tensor(pool_sets[s]).reshape(N, L, dim).to(where, non_blocking=True)
+            P = P.float() * _tensor(pool_inv_norms[s]).to(where)[..., None]
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok

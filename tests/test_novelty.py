@@ -308,3 +308,17 @@ def test_a_pool_that_does_not_fit_is_streamed_in_tiles(rng, monkeypatch):
     assert not plan.resident and plan.block < N
     streamed = det.set_params(memory_budget=budget).score_samples(new)
     np.testing.assert_allclose(streamed, whole, atol=1e-6)
+
+
+def test_memory_mapped_features_score_without_warnings(rng, tmp_path):
+    import warnings
+
+    feats = features_of(make_tokens(rng, n=8, h=3, w=3, dim=8))
+    joblib.dump(feats.features, tmp_path / "f.joblib")
+    mapped = joblib.load(tmp_path / "f.joblib", mmap_mode="r")
+    assert not mapped.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det = MutualScoringDetector(novelty=True, device="cpu").fit(mapped[:6])
+        scores = det.score_samples(mapped[6:])
+    np.testing.assert_array_equal(scores, det.score_samples(np.array(mapped[6:])))
