@@ -12,6 +12,8 @@ N(N-1)/2 image pairs x L^2 x C multiply-adds.
     python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda
     python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda \
         --precision bfloat16 --algorithm fused     # the Triton kernel (autotuned in the warm-up)
+    python benchmarks/bench_msm.py --n 100 --patches 256 --dim 384 --radius 0 1 2 3 --skip-baseline
+        # same-position matching against global matching, in the same run
 """
 
 import argparse
@@ -92,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--algorithm", default="matmul", choices=_msm.ALGORITHMS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true", help="only time this library")
+    parser.add_argument("--radius", type=int, nargs="+", default=[],
+                        help="also time same-position matching with these radii (ratio to global)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -131,6 +135,12 @@ def main(argv=None):
     gflop = n * (n - 1) / 2 * L * L * C * 2 / 1e9
     print(f"sklearn-musc: {ours_s:.3f} s, {gflop / ours_s:.1f} GFLOP/s = "
           f"{100 * gflop / ours_s / rate:.0f}% of the matmul rate ({gflop:.1f} GFLOP needed)")
+    for radius in args.radius:
+        local = MutualScoringDetector(device=str(device), radius=radius)
+        local.fit(features)  # warm-up
+        local_s = min(best_time(lambda: local.fit(features), device, 1)[0] for _ in range(args.repeat))
+        print(f"radius {radius}: {local_s:.3f} s = {local_s / ours_s:.3f} of global matching "
+              f"(arithmetic share of the products (2r+1)^2/L = {(2 * radius + 1) ** 2 / L:.4f})")
     if args.skip_baseline:
         return
     Zd = Z.to(device)

@@ -296,12 +296,16 @@ def cross_similarity_table(Q, P, plan, precision="float32"):
         q, p = q.to(device, dtype), p.to(device, dtype)
     table = torch.empty((m, L, N), dtype=torch.float32, device=device)
     b = plan.block
+    rb = min(m, b)
+    # Few new images (one part on a line): the tile's area goes to the pool's side
+    # rather than to rows that do not exist, so a set is a few large products.
+    cb = max(b, (b * b) // rb) if plan.resident else b
     with _matmul_precision(precision, device):
-        for t0 in range(0, m, b):  # a tile of new images against every tile of the pool
-            t1 = min(m, t0 + b)
+        for t0 in range(0, m, rb):  # a tile of new images against every tile of the pool
+            t1 = min(m, t0 + rb)
             rows = q[t0 * L : t1 * L].to(device, dtype, non_blocking=True)
-            for u0 in range(0, N, b):
-                u1 = min(N, u0 + b)
+            for u0 in range(0, N, cb):
+                u1 = min(N, u0 + cb)
                 cols = p[u0 * L : u1 * L].to(device, dtype, non_blocking=True)
                 prod = product(rows, cols).view(t1 - t0, L, u1 - u0, L)
                 table[t0:t1, :, u0:u1] = prod.amax(dim=3)

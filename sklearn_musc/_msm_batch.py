@@ -95,7 +95,7 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, precision, al
 
 
 def prepare_pool(features):
-    """A pool kept for novelty scoring: its sets set-major, and each patch's inverse norm.
+    """A pool kept for novelty scoring: its sets set-major, ready to multiply.
 
     Parameters
     ----------
@@ -105,22 +105,31 @@ def prepare_pool(features):
     Returns
     -------
     sets : ndarray of shape (n_sets, N, h, w, C)
-        The features as given (no copy when they are laid out set-major, as
-        :class:`LNAMDTransformer` makes them), so each set is one block.
-    inv_norms : ndarray of shape (n_sets, N, h * w), float32
-        ``1 / ||x||`` of each patch: scoring multiplies a set by it instead
-        of checking and normalising the pool at every call.
+        float32 features: normalised here once (the values a batch fit
+        normalises at every fit), so scoring multiplies them as they are.
+        float16 features: as given (no copy when they are laid out set-major,
+        as :class:`LNAMDTransformer` makes them), to keep half the size.
+    inv_norms : ndarray of shape (n_sets, N, h * w), float32, or None
+        For float16 sets, ``1 / ||x||`` of each patch, applied when a set is
+        converted to float32 for scoring; None for float32 sets.
     """
     n, n_sets, h, w, dim = features.shape
-    sets = np.ascontiguousarray(features.transpose(1, 0, 2, 3, 4))
-    inv_norms = np.empty((n_sets, n, h * w), dtype=np.float32)
+    half = features.dtype == np.float16
+    if half:
+        sets = np.ascontiguousarray(features.transpose(1, 0, 2, 3, 4))
+        inv_norms = np.empty((n_sets, n, h * w), dtype=np.float32)
+    else:
+        sets, inv_norms = np.empty((n_sets, n, h, w, dim), dtype=np.float32), None
     with torch.inference_mode():
         for s in range(n_sets):
-            Z = torch.from_numpy(sets[s]).reshape(n, h * w, dim).float()
+            Z = _tensor(features[:, s]).reshape(n, h * w, dim).float()
             if not bool(Z.isfinite().all()):
                 raise ValueError("features contains NaN or infinity")
-            norms = torch.linalg.vector_norm(Z, dim=-1)
-            inv_norms[s] = (1.0 / torch.clamp(norms, min=1e-12)).numpy()
+            if half:
+                norms = torch.linalg.vector_norm(Z, dim=-1)
+                inv_norms[s] = (1.0 / torch.clamp(norms, min=1e-12)).numpy()
+            else:
+                sets[s] = F.normalize(Z, dim=-1).reshape(n, h, w, dim).numpy()
     return sets, inv_norms
 
 
@@ -131,7 +140,7 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, pre
     ----------
     new : ndarray of shape (m, n_sets, h, w, C)
         Feature sets of the images to score.
-    pool_sets, pool_inv_norms : ndarray
+    pool_sets, pool_inv_norms : ndarray (inv_norms: or None)
         The pool (or a part of it, sliced on the image axis), as made by
         :func:`prepare_pool`.
 
@@ -154,7 +163,8 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, pre
         finite = torch.ones((), dtype=torch.bool, device=where)
         for s in range(n_sets):
             P = _tensor(pool_sets[s]).reshape(N, L, dim).to(where, non_blocking=True)
-            P = P.float() * _tensor(pool_inv_norms[s]).to(where)[..., None]
+            if pool_inv_norms is not None:  # float16 pool: normalised on the way to float32
+                P = P.float() * _tensor(pool_inv_norms[s]).to(where)[..., None]
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok

@@ -562,7 +562,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         chunks, parts = _novelty_jobs(n_new, n_pool, effective_n_jobs(self.n_jobs))
         best = Parallel(n_jobs=self.n_jobs)(
             delayed(_msm_batch.pool_best_matches)(
-                X.features[c], self._pool_sets[:, p], self._pool_inv_norms[:, p], k_bounds[1],
+                X.features[c], self._pool_sets[:, p],
+                None if self._pool_inv_norms is None else self._pool_inv_norms[:, p], k_bounds[1],
                 device, budget, self.precision, self.radius,
             )
             for c in chunks
