@@ -160,7 +160,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         With ``novelty=True``: the feature sets that score new images (the
         fitted batch, and the references when ``fit`` was given some). Its
         ``features`` are the only state novelty scoring needs:
-        ``N * n_sets * grid_h * grid_w * dim`` values in their stored dtype.
+        ``N * n_sets * grid_h * grid_w * dim`` values in their stored dtype
+        (float32 ones normalised to unit length at fit; float16 ones kept
+        as given, with one float32 inverse norm per patch).
     offset_ : float
         With ``novelty=True``: ``-threshold_``, so that
         ``decision_function = score_samples - offset_`` is negative for the
