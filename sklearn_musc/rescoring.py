@@ -102,11 +102,13 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         else the salient feature). Ignored when ``X`` is an array.
     contamination : "auto" or float in (0, 0.5], default="auto"
         How rescored values become labels when ``threshold`` is None; see
-        :class:`MutualScoringDetector`. With "auto" and an
-        :class:`ImageScores` input that carries the detector's threshold
-        (``MutualScoringDetector.fit_transform``), that threshold is applied
-        to the rescored values (same scale); otherwise the rule runs on the
-        rescored values.
+        :class:`MutualScoringDetector`. "auto" runs the label-free rule on
+        the rescored values themselves; the threshold an :class:`ImageScores`
+        input carries (the detector's) is not applied: measured on MVTec AD
+        (``studies/labels.py``), RsCIN pulls a defective image towards its
+        normal neighbours, so the detector's threshold missed defects that
+        the rule on the rescored values keeps (production-like batches: mean
+        F1 / F1-max 0.64 carried, 0.79 own). Pass ``threshold=`` to apply it.
     threshold : float or None, default=None
         A fixed threshold on the rescored values (e.g. ``threshold_`` of
         another batch); None uses ``contamination``.
@@ -198,8 +200,6 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         threshold = check_threshold(self.threshold)
         if not isinstance(self.novelty, (bool, np.bool_)):
             raise ValueError(f"novelty must be True or False, got {self.novelty!r}")
-        if isinstance(X, ImageScores) and threshold is None and self.contamination == "auto":
-            threshold = X.threshold  # the detector's, on the same scale
         scores, embeddings, self.embedding_ = self._inputs(X, scores)
         self.k_list_ = tuple(min(k, len(scores)) for k in k_list)
         self.anomaly_scores_ = _rscin(scores, embeddings, self.k_list_)
