@@ -170,19 +170,24 @@ def threshold_scores(scores, contamination, threshold=None):
 def defect_masks(maps, labels, pixel_threshold):
     """Binary defect masks of the images labelled -1 (the others get empty masks).
 
-    A pixel is marked when it is above ``pixel_threshold`` (the level normal
-    images reach) and above half-way from that level to its image's peak:
-    the defect is where the map rises to at least half its height above the
-    normal level (as a full width at half maximum). A single level for the
-    whole batch marks the wide, mildly raised surroundings of strong defects
-    (pixel F1 / F1-max on the defect-heavy MVTec AD batches: 0.41 with the
-    image threshold alone, 0.55 with the half height; studies/labels.py).
+    A pixel is marked when it is above half-way from its image's background
+    to its image's peak (the defect's "half height", as a full width at half
+    maximum), and above ``pixel_threshold`` (the level normal images reach).
+    The background is ``pixel_threshold``, or the image's median map value
+    when the whole image is raised above it (a defective image often raises
+    all its patch scores). One level for the whole batch marks the wide,
+    mildly raised surroundings of strong defects, or whole raised images.
+    Measured on MVTec AD (pixel F1 / F1-max, TUNE half; studies/labels.py):
+    defect-heavy 0.23 with the image threshold as pixel level, 0.30 half-way
+    to the peak from the threshold, 0.32 from the background; production-like
+    0.34, 0.34, 0.48.
     An image labelled normal gets an empty mask, so masks and labels agree.
     """
     maps = np.asarray(maps)
     shape = (-1,) + (1,) * (maps.ndim - 1)
     if maps.size == 0:
         return np.zeros(maps.shape, dtype=bool)
-    peak = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
-    level = np.maximum(pixel_threshold, 0.5 * (pixel_threshold + peak))
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    background = np.maximum(pixel_threshold, np.median(flat, axis=1))
+    level = np.maximum(pixel_threshold, 0.5 * (background + flat.max(axis=1)))
     return (maps > level.reshape(shape)) & (np.asarray(labels) == -1).reshape(shape)

@@ -148,12 +148,14 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         The normal level of the maps, equal to ``threshold_`` (an image is
         anomalous exactly when its map exceeds it somewhere). A pixel of an
         anomalous image is marked when its map value is strictly above both
-        this level and the half-way point between it and the image's peak
-        (the defect's "half height"; see ``anomaly_masks_``).
+        this level and the half-way point between the image's background
+        (this level, or the image's median map value when higher) and its
+        peak: the defect's "half height" (see ``anomaly_masks_``).
     anomaly_masks_ : ndarray of shape (n_images, H, W), bool
         Binary defect masks at the size of ``anomaly_maps_``: the pixels of
-        an image labelled -1 above ``(pixel_threshold_ + its peak) / 2``;
-        empty for the images labelled 1. ``masks_to_original(anomaly_masks_,
+        an image labelled -1 above ``(background + peak) / 2``, background =
+        max(``pixel_threshold_``, the image's median map value); empty for
+        the images labelled 1. ``masks_to_original(anomaly_masks_,
         original_sizes_, input_size_)`` gives them at each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).
