@@ -77,9 +77,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         How image scores become labels when ``threshold`` is None. A float
         flags that share of the batch (the ``1 - contamination`` quantile is
         the threshold). "auto" needs no labels: when a two-component Gaussian
-        mixture of the image scores clearly beats one Gaussian (BIC), the
-        batch is taken for a defect-heavy one and all but its lowest 20 %
-        are flagged; otherwise the threshold is ``median + 3 * s_up``, with
+        mixture of the image scores clearly beats one Gaussian and one Gumbel
+        (BIC), the lower component's share is taken as normal and the rest
+        is flagged; otherwise the threshold is ``median + 3 * s_up``, with
         ``s_up`` 1.4826 x the median deviation of the scores above the
         median (a clean or production-like batch, where normal images are
         the majority). See README "Labels".
