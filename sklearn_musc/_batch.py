@@ -184,9 +184,9 @@ class ImageScores(_BatchMixin):
     anomaly_masks : ndarray of shape (n_images, H, W), bool, or None
         The detector's defect masks (empty for images labelled normal).
     threshold : float or None
-        The detector's threshold on ``scores`` (``threshold_``), which
-        ``RsCINRescorer`` applies to its rescored values (on the same scale)
-        when it sets none of its own.
+        The detector's threshold on ``scores`` (``threshold_``): the images
+        scoring above it are the detector's anomalies (``anomaly_masks`` are
+        drawn for those).
     """
 
     scores: np.ndarray

@@ -72,10 +72,12 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         How image scores become labels when ``threshold`` is None. A float
         flags that share of the batch (the ``1 - contamination`` quantile is
         the threshold). "auto" needs no labels: when a two-component Gaussian
-        mixture of the image scores clearly beats one Gaussian (BIC), the
-        threshold splits the two clusters (a defect-heavy batch); otherwise
-        it is ``median + 3 * 1.4826 * MAD`` (a clean or production-like batch,
-        where normal images are the majority). See README "Labels".
+        mixture of the image scores clearly beats one Gaussian and one Gumbel
+        (BIC), the lower component's share is taken as normal and the rest
+        is flagged; otherwise the threshold is ``median + 3 * s_up``, with
+        ``s_up`` 1.4826 x the median deviation of the scores above the
+        median (a clean or production-like batch, where normal images are
+        the majority). See README "Labels".
     threshold : float >= 0 or None, default=None
         A fixed threshold on the image scores (e.g. ``threshold_`` of
         another batch of the same product); None uses ``contamination``.
@@ -140,12 +142,17 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     labels_ : ndarray of shape (n_images,)
         1 for normal, -1 for anomalous (PyOD's ``labels_`` use 0 and 1).
     pixel_threshold_ : float
-        Pixels of an anomalous image whose map value is strictly above it are
-        marked; equal to ``threshold_`` (an image is anomalous exactly when
-        its map exceeds the threshold somewhere).
+        The normal level of the maps, equal to ``threshold_`` (an image is
+        anomalous exactly when its map exceeds it somewhere). A pixel of an
+        anomalous image is marked when its map value is strictly above both
+        this level and the half-way point between the image's background
+        (this level, or the image's median map value when higher) and its
+        peak: the defect's "half height" (see ``anomaly_masks_``).
     anomaly_masks_ : ndarray of shape (n_images, H, W), bool
-        Binary defect masks at the size of ``anomaly_maps_``; empty for the
-        images labelled 1. ``masks_to_original(anomaly_masks_,
+        Binary defect masks at the size of ``anomaly_maps_``: the pixels of
+        an image labelled -1 above ``(background + peak) / 2``, background =
+        max(``pixel_threshold_``, the image's median map value); empty for
+        the images labelled 1. ``masks_to_original(anomaly_masks_,
         original_sizes_, input_size_)`` gives them at each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).

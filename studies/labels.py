@@ -219,24 +219,24 @@ SWEEP = {f"gmm m{m} D{d} +mad{c}": gmm_rule(c, log=lg, margin=m, d_min=d)
          for lg in (True,) for m in (0, 4, 10) for d in (0, 2) for c in (2.5, 3, 3.5, 4)}
 SWEEP.update({f"mad{c}": mad_rule(c) for c in (2, 2.5, 3, 3.5, 4, 5)})
 
-def impl_rule(n_sigma=None, margin=None, split=None):
+def impl_rule(n_sigma=None, margin=None, guard=None):
     """The package's rule (sklearn_musc._threshold.auto_threshold), constants overridable."""
     from sklearn_musc import _threshold as th
 
     def rule(s, b=None):
-        saved = th._N_SIGMA, th._BIC_MARGIN, th._SPLIT
+        saved = th._N_SIGMA, th._BIC_MARGIN, th._SKEW_GUARD
         th._N_SIGMA = saved[0] if n_sigma is None else n_sigma
         th._BIC_MARGIN = saved[1] if margin is None else margin
-        th._SPLIT = saved[2] if split is None else split
+        th._SKEW_GUARD = saved[2] if guard is None else guard
         try:
             return th.auto_threshold(s)
         finally:
-            th._N_SIGMA, th._BIC_MARGIN, th._SPLIT = saved
+            th._N_SIGMA, th._BIC_MARGIN, th._SKEW_GUARD = saved
     return rule
 
 
-IMPL = {f"auto {sp} c={c} margin={m}": impl_rule(c, m, sp) for sp in ("posterior", "lower")
-        for m in (4, 10) for c in (2, 2.5, 3)}
+IMPL = {f"auto guard={g} c={c} margin={m}": impl_rule(c, m, g) for g in (True, False)
+        for m in (4, 10) for c in (2.5, 3, 3.5)}
 
 RULES = {
     "mad3 (old)": mad_rule(3),
@@ -380,6 +380,9 @@ def main(argv):
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
     elif what == "table":
         cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        if os.environ.get("LABELS_SKEW_GUARD") == "0":  # the rule without its Gumbel guard
+            from sklearn_musc import _threshold
+            _threshold._SKEW_GUARD = False
         rows = final_rows(load_all(cats))
         print(table(rows))
     else:
