@@ -303,12 +303,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             _check_compatible(refs, X, "the references", "the batch")
         n = X.n_images
         n_refs = 0 if refs is None else refs.n_images
-        if n + n_refs < 2:
+        if n + n_refs < 2 and not self.novelty:
             raise ValueError(
                 f"mutual scoring needs at least 2 images in the batch, got {n}: "
-                "an image alone has nothing to be compared with"
+                "an image alone has nothing to be compared with (a single reference "
+                "can score new images: novelty=True)"
             )
         self.device_ = resolve_device(self.device)
+        if n + n_refs < 2:  # a pool of one image (a golden sample): it scores, it is not scored
+            return self._fit_one_image_pool(X)
         if self.precision == "bfloat16" and not _msm.bf16_products_supported():
             raise ValueError(
                 f"precision='bfloat16' needs torch >= 2.8 (bfloat16 products with float32 "
@@ -363,6 +366,26 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             self.offset_ = -self.threshold_
         return self
 
+    def _fit_one_image_pool(self, X):
+        """``novelty=True`` with one image: keep it as the pool; nothing of the batch is scored.
+
+        Without a batch score there is nothing to set a threshold from: the
+        ``threshold`` parameter gives it, else labels and masks of new images
+        are unavailable (their scores and maps are not).
+        """
+        for name in ("set_patch_scores_", "patch_scores_", "anomaly_maps_", "anomaly_scores_", "labels_",
+                     "anomaly_masks_", "subsets_", "offset_", "_output"):
+            self.__dict__.pop(name, None)
+        self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
+        self.threshold_ = None if self.threshold is None else float(self.threshold)
+        self.pixel_threshold_ = self.threshold_
+        self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(X.features)
+        self._pool_info = dict(set_index=X.set_index, input_size=X.input_size, sources=X.sources,
+                               backbone=X.backbone)
+        if self.threshold_ is not None:
+            self.offset_ = -self.threshold_
+        return self
+
     @property
     def pool_(self):
         """The pool that scores new images (``novelty=True``), as :class:`FeatureSets`."""
@@ -384,9 +407,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         return [np.sort(part) for part in np.array_split(order, n_subsets)]
 
     def _image_scores(self, X, patch_scores, maps, scores):
-        labels = np.where(scores > self.threshold_, -1, 1)
+        masks = None
+        if self.threshold_ is not None:  # None: a one-image pool without a threshold
+            masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1), self.pixel_threshold_)
         return ImageScores(
-            anomaly_masks=defect_masks(maps, labels, self.pixel_threshold_),
+            anomaly_masks=masks,
             threshold=self.threshold_,
             scores=scores,
             embeddings=X.embeddings,
@@ -482,7 +507,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ImageScores
         """
-        check_is_fitted(self, "anomaly_scores_")
+        check_is_fitted(self, "device_")
         if not self.novelty:
             raise ValueError(
                 "MutualScoringDetector(novelty=False) scores only the batch it is fitted on, and "
@@ -538,6 +563,12 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         -------
         decision : ndarray of shape (n_images,)
         """
+        if "offset_" not in self.__dict__:
+            raise ValueError(
+                "a pool of one image has no scores of its own to set a threshold from: give "
+                "threshold=<a score> (e.g. threshold_ of a detector fitted on a batch), or use "
+                "score_samples / transform, which need none"
+            )
         return self.score_samples(X) - self.offset_
 
     @available_if(_novelty)

@@ -143,10 +143,19 @@ def test_musc_plus_scores_against_the_references_with_the_minimum(rng):
     plus = MutualScoringDetector(novelty=True, reduction="min", device="cpu").fit(refs)
     expected = reference_scores(feats.features, range(4, 9), lambda i: range(4), reduction="min")
     assert np.abs(plus.transform(test).scores - expected.reshape(5, -1).max(1)).max() < 1e-5
-    # one reference is a pool too: it scores new images, and labels need a second image
-    one = MutualScoringDetector(novelty=True, reduction="min", device="cpu")
+    # one reference (a golden sample) is a pool too: it scores new images; labels need a threshold
+    one = MutualScoringDetector(novelty=True, reduction="min", device="cpu").fit(feats.take([0]))
+    expected = reference_scores(feats.features, range(4, 9), lambda i: [0], reduction="min")
+    out = one.transform(test)
+    assert np.abs(out.scores - expected.reshape(5, -1).max(1)).max() < 1e-5 and out.anomaly_masks is None
+    assert not hasattr(one, "anomaly_scores_") and one.threshold_ is None
+    with pytest.raises(ValueError, match="threshold="):
+        one.predict(test)
+    fixed = clone(one).set_params(threshold=float(np.median(out.scores))).fit(feats.take([0]))
+    np.testing.assert_array_equal(fixed.predict(test), np.where(out.scores > fixed.threshold_, -1, 1))
+    assert fixed.transform(test).anomaly_masks.shape == out.anomaly_maps.shape
     with pytest.raises(ValueError, match="at least 2 images"):
-        one.fit(feats.take([0]))
+        MutualScoringDetector(device="cpu").fit(feats.take([0]))
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2])
