@@ -269,6 +269,9 @@ def test_bottle_pool_scores_new_images_one_at_a_time(tmp_path):
     labels = data.labels[new]
     assert 0 < labels.sum() < len(new)
     assert image_auroc(labels, scores) >= 0.98
+    # predict on all 23 at once: the pool's threshold on the same scores
+    np.testing.assert_array_equal(pipe.predict([data.paths[i] for i in new]),
+                                  np.where(scores > pipe["msm"].threshold_, -1, 1))
     joblib.dump(pipe, tmp_path / "bottle.joblib")
     other = tmp_path / "elsewhere"
     other.mkdir()

@@ -73,6 +73,11 @@ def test_a_batch_over_the_budget_is_refused_with_advice(rng):
         MutualScoringDetector(device="cpu", memory_budget=10_000).fit(feats)
     fits = MutualScoringDetector(device="cpu", memory_budget=10_000, max_subset_size=4).fit(feats)
     assert np.isfinite(fits.anomaly_scores_).all()
+    # a budget too small even for 2 images: no advice that cannot work, no "0.00 GiB"
+    with pytest.raises(MemoryError) as info:
+        MutualScoringDetector(device="cpu", memory_budget=100).fit(feats)
+    assert "cannot hold even a subset of 2" in str(info.value) and "0.00 GiB" not in str(info.value)
+    assert "max_subset_size" not in str(info.value)
 
 
 def test_maps_upsampled_to_the_input_size(rng):
