@@ -331,8 +331,9 @@ def print_summary(results, seconds, contamination="auto", stream=None):
     print(f"scored {n} images in {seconds:.1f} s: {flagged} anomalous, {n - flagged} normal "
           f"(threshold {results.threshold:.3f})", file=stream)
     if contamination == "auto":
-        print("  (contamination 'auto' assumes fewer than half of the images are defective; "
-              "if more are, give the expected share with --contamination)", file=stream)
+        print("  (contamination 'auto' finds a defective cluster only when it stands apart from the "
+              "normal images; if defects are common and few are flagged, give their expected share "
+              "with --contamination)", file=stream)
     if results.skipped:
         print(f"  {len(results.skipped)} unreadable image(s) skipped (listed in summary.json)", file=stream)
     order = np.argsort(-results.scores, kind="stable")

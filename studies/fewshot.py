@@ -242,7 +242,8 @@ def markdown(seeds):
 
     table_for("image_auroc", COLS, "Image AUROC (%) of the MSM image scores")
     table_for("rscin_image_auroc", [("zero_shot", k) for k in SHOTS] + [("musc", k) for k in SHOTS],
-              "Image AUROC (%) after RsCIN, zero-shot vs few-shot MuSc on the same batch (column k: batch without k references)")
+              "Image AUROC (%) after RsCIN, zero-shot vs few-shot MuSc on the same batch "
+              "(column k: batch without k references)")
     table_for("pixel_auroc", COLS, "Pixel AUROC (%)")
     table_for("pro", COLS, "PRO (%, FPR <= 0.3)")
     # zero-shot on each batch B_k, and on the whole folder

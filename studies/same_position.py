@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fewshot  # noqa: E402
-from _cache import TUNE, categories, load  # noqa: E402
+from _cache import categories, load  # noqa: E402
 from fewshot import OUT, log  # noqa: E402
 
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector  # noqa: E402
@@ -208,7 +208,8 @@ def markdown():
         lines.append(f"\nMSM fit time, {t['category']} ({t['n_images']} images, {t['torch_threads']} torch threads, "
                      f"load average {t['load_before']:.1f} before / {t['load_after']:.1f} after; "
                      f"best of the repeats for the radii, one run for global):\n")
-        lines.append("| radius | wall (s) | CPU (s) | wall ratio | CPU ratio | (2r+1)^2/L | exact share of position pairs "
+        lines.append("| radius | wall (s) | CPU (s) | wall ratio | CPU ratio | (2r+1)^2/L "
+                     "| exact share of position pairs "
                      "| arithmetic ratio (x2: global multiplies each image pair once, local both ways) |")
         lines.append("|---|---|---|---|---|---|---|---|")
         lines.append(f"| global | {t['global']:.1f} | {t['global_cpu']:.1f} | 1 | 1 | 1 | 1 | 1 |")

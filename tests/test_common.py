@@ -242,7 +242,8 @@ def test_pickled_vit_finds_relative_weights_from_another_directory(tmp_path, mon
     images = np.random.default_rng(0).integers(0, 256, (3, 30, 34, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     monkeypatch.chdir(weights)
-    vit = ViTPatchTransformer(**dict(TINY_VIT, image_size=56, pretrained="tiny.safetensors", token_dtype="float32")).fit()
+    settings = dict(TINY_VIT, image_size=56, pretrained="tiny.safetensors", token_dtype="float32")
+    vit = ViTPatchTransformer(**settings).fit()
     pipe = Pipeline([("vit", vit), ("lnamd", LNAMDTransformer(device="cpu")),
                      ("msm", MutualScoringDetector(novelty=True, device="cpu"))]).fit(images[:2])
     expected_tokens = vit.transform(images).tokens
