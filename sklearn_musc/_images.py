@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "as_image_list", "crop_box", "load_image", "preprocess",
-           "resize_crop_geometry"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "as_image_list", "crop_box", "load_image", "paste_to_original",
+           "preprocess", "resize_crop_geometry"]
 
 #: File suffixes read as images (lower case), by the dataset loaders and the
 #: command line alike. GIF and WebP are read as their first frame.
@@ -315,6 +315,25 @@ def crop_box(original_size, target_size):
     y0, y1 = (min(h0, max(0, round(v * h0 / rh))) for v in (top, top + target_size[0]))
     x0, x1 = (min(w0, max(0, round(v * w0 / rw))) for v in (left, left + target_size[1]))
     return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+
+
+def paste_to_original(small, original_size, target_size, resample, fill):
+    """An 8-bit ("L") image over the model input put back on the original image.
+
+    Resized (PIL ``resample``, which antialiases when it shrinks) into the
+    :func:`crop_box`; the borders the crop cut away are ``fill``, or the
+    resized image's minimum for ``fill="min"`` (nothing unseen looks
+    anomalous). 8 bits a pixel: an overlay or mask of a large photo stays
+    small in memory.
+    """
+    h0, w0 = original_size
+    y0, y1, x0, x1 = crop_box(original_size, target_size)
+    inner = small.resize((x1 - x0, y1 - y0), resample)
+    if fill == "min":
+        fill = inner.getextrema()[0]
+    full = Image.new("L", (w0, h0), int(fill))
+    full.paste(inner, (x0, y0))
+    return full
 
 
 def preprocess(image, size, mean, std):

@@ -38,7 +38,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ._images import crop_box, load_image
+from ._images import load_image, paste_to_original
+from .features import masks_to_original
 from ._inputs import RUN_MANIFEST, InputError
 
 __all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
@@ -161,18 +162,6 @@ def _scale_index(values, vmin, vmax):
     return np.rint(t * 255.0).astype(np.uint8)
 
 
-def _to_original(small, original_size, input_size, resample, fill):
-    """An L image at input size onto the original image: resized into the crop box, rest ``fill``."""
-    h0, w0 = original_size
-    y0, y1, x0, x1 = crop_box(original_size, input_size)
-    inner = small.resize((x1 - x0, y1 - y0), resample)
-    if fill == "min":  # as maps_to_original: the unseen borders at the resized map's minimum
-        fill = inner.getextrema()[0]
-    full = Image.new("L", (w0, h0), int(fill))
-    full.paste(inner, (x0, y0))
-    return full
-
-
 def mask_to_original(mask, original_size, input_size):
     """A binary mask (input size, or already original size) as an L image (0/255) at original size."""
     mask = np.asarray(mask)
@@ -186,7 +175,8 @@ def mask_to_original(mask, original_size, input_size):
             f"a mask must have the input size {tuple(input_size)} or the image's size "
             f"{tuple(original_size)}, got {mask.shape}"
         )
-    return _to_original(small, original_size, input_size, Image.NEAREST, 0)
+    full = masks_to_original([mask], [original_size], input_size)[0]
+    return Image.fromarray(np.where(full, 255, 0).astype(np.uint8))
 
 
 def _as_rgb8(image):
@@ -231,7 +221,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     base = _as_rgb8(image)
     size = (base.height, base.width)
     index = _scale_index(np.asarray(anomaly_map, dtype=np.float32), vmin, vmax)
-    full = _to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
+    full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
     full.putpalette(palette or _jet_palette())  # L -> P: the index image, coloured on conversion
     out = Image.new("RGB", (size[1], size[0]))
     for y in range(0, size[0], _BAND_ROWS):

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
-from ._images import as_image_list, crop_box, load_image, preprocess, resize_crop_geometry
+from ._images import as_image_list, crop_box, load_image, paste_to_original, preprocess, resize_crop_geometry
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
@@ -496,7 +496,8 @@ def masks_to_original(masks, original_sizes, input_size):
     (``MutualScoringDetector.anomaly_masks_``): each mask is resized to the
     footprint of the crop region in original pixels (bilinear with
     antialiasing, then cut at one half, so edges stay smooth and a region
-    keeps its area) and the borders the crop cut away are left unmarked.
+    keeps its area; 8 bits a pixel, so large photos cost little memory)
+    and the borders the crop cut away are left unmarked.
 
     Parameters
     ----------
@@ -521,9 +522,19 @@ def masks_to_original(masks, original_sizes, input_size):
     >>> out[0].shape, out[0].dtype, bool(out[0][:, :30].any()), bool(out[0][:, 30:45].all())
     ((30, 60), dtype('bool'), False, True)
     """
-    binary = [np.asarray(m) > 0 for m in masks]
-    maps = maps_to_original([m.astype(np.float32) for m in binary], original_sizes, input_size, fill=0.0)
-    return [m >= 0.5 for m in maps]
+    input_size = _check_size(input_size, "input_size")
+    if len(masks) != len(original_sizes):
+        raise ValueError(f"got {len(masks)} masks for {len(original_sizes)} original sizes")
+    out = []
+    for mask, size in zip(masks, original_sizes):
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"each mask must be 2-D, got shape {mask.shape}")
+        small = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
+        # 8 bits a pixel, so the mask of a large photo stays small in memory
+        full = paste_to_original(small, _check_size(size, "original size"), input_size, Image.BILINEAR, 0)
+        out.append(np.asarray(full) >= 128)
+    return out
 
 
 def masks_to_input(masks, input_size):
