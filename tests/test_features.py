@@ -17,7 +17,8 @@ from conftest import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
 from sklearn_musc._images import load_image, preprocess
-from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original
+from sklearn_musc import _images
+from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original, masks_to_input
 
 TIMM = "timm:vit_small_patch14_dinov2"
 TIMM_REG = "timm:vit_small_patch14_reg4_dinov2"
@@ -531,3 +532,23 @@ def test_real_dinov2_weights_on_mvtec_bottles(rng):
     assert sim[0, 1] > 0.9 and sim[0, 1] > sim[0, 2] + 0.1 and sim[0, 1] > sim[1, 2] + 0.1
     assert out.original_sizes[0] == Image.open(good / "000.png").size[::-1]
     assert Path(out.sources[0]).name == "000.png"
+
+
+def test_masks_to_original_inverts_masks_to_input():
+    from sklearn_musc import masks_to_original
+
+    rng = np.random.default_rng(0)
+    for size in [(90, 160), (160, 90), (64, 64)]:
+        mask = np.zeros((32, 32), bool)
+        y, x = rng.integers(4, 20, size=2)
+        mask[y : y + 9, x : x + 7] = True
+        full = masks_to_original(mask[None], [size], 32)[0]
+        assert full.shape == size and full.dtype == bool
+        back = masks_to_input([full], 32)[0]
+        iou = (back & mask).sum() / (back | mask).sum()
+        assert iou > 0.85, (size, iou)
+        # the borders the crop cut away are never marked
+        y0, y1, x0, x1 = _images.crop_box(size, (32, 32))
+        assert not full[:y0].any() and not full[y1:].any() and not full[:, :x0].any() and not full[:, x1:].any()
+    with pytest.raises(ValueError, match="masks"):
+        masks_to_original(np.zeros((2, 4, 4)), [(8, 8)], 4)
