@@ -43,7 +43,6 @@ Ties (many identical images, MAD = 0) must not turn every image above the
 median into an anomaly: the scale has a floor (``_robust_scale``).
 """
 
-import numbers
 
 import numpy as np
 
@@ -67,21 +66,6 @@ _MIN_WEIGHT = 0.2
 # Relative floor of the scale: float32 scores of identical images differ by
 # rounding only.
 _REL_FLOOR = 1e-6
-
-
-def check_threshold(threshold, *, nonnegative=False):
-    """Validate a ``threshold`` parameter: None or a finite real number."""
-    if threshold is None:
-        return None
-    if (
-        not isinstance(threshold, numbers.Real)
-        or isinstance(threshold, bool)
-        or not np.isfinite(threshold)
-        or (nonnegative and threshold < 0)
-    ):
-        kind = "a finite number >= 0 (scores are distances)" if nonnegative else "a finite number"
-        raise ValueError(f"threshold must be None or {kind}, got {threshold!r}")
-    return float(threshold)
 
 
 def _robust_scale(scores, centre, upper=False):

@@ -279,30 +279,30 @@ def _looks_like_file(pretrained):
 # --------------------------------------------------------------------------- (b) computing
 
 
+def _step(timings, key, line, fn, *args):
+    """One stage: its line on stderr, ``fn(*args)`` timed into ``timings[key]``."""
+    _stage(line)
+    start = time.perf_counter()
+    out = fn(*args)
+    timings[key] = time.perf_counter() - start
+    return out
+
+
 def compute(pipe, paths, names, *, skipped=(), settings=None):
     """Run the fitted-backbone pipeline over the batch; a ScoreResults."""
     vit, lnamd, msm, rscin = (pipe[k] for k in ("vit", "lnamd", "msm", "rscin"))
     timings = {}
     n = len(paths)
     start = time.perf_counter()
-    _stage(f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, {vit.input_size_[0]} x "
-           f"{vit.input_size_[1]} px, device {vit.device_})")
-    tokens = vit.transform(ImageFiles(paths))
-    timings["vit"] = time.perf_counter() - start
-    t = time.perf_counter()
-    _stage(f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})")
-    feats = lnamd.fit_transform(tokens)
+    tokens = _step(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, {vit.input_size_[0]} "
+                   f"x {vit.input_size_[1]} px, device {vit.device_})", vit.transform, ImageFiles(paths))
+    feats = _step(timings, "lnamd", f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})",
+                  lnamd.fit_transform, tokens)
     del tokens
-    timings["lnamd"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _stage(f"[4/5] mutual scoring of {n} images ({feats.features.shape[1]} feature sets)")
-    image_scores = msm.fit_transform(feats)
+    image_scores = _step(timings, "mutual_scoring", f"[4/5] mutual scoring of {n} images "
+                         f"({feats.features.shape[1]} feature sets)", msm.fit_transform, feats)
     del feats
-    timings["mutual_scoring"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _stage(f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})")
-    rscin.fit(image_scores)
-    timings["rscin"] = time.perf_counter() - t
+    _step(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
     return ScoreResults(
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
@@ -431,18 +431,11 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None):
     vit, lnamd, msm, rscin = (pipe[k] for k in MODEL_STEPS)
     timings = {}
     start = time.perf_counter()
-    _stage(f"[2/4] ViT patch tokens of {len(paths)} images ({vit.backbone_}, {vit.input_size_[0]} x "
-           f"{vit.input_size_[1]} px)")
-    tokens = vit.transform(ImageFiles(paths))
-    timings["vit"] = time.perf_counter() - start
-    t = time.perf_counter()
-    _stage(f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images")
-    new = msm.transform(lnamd.fit_transform(tokens))  # LNAMD's fit only checks the shapes
-    timings["scoring"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _stage("[4/4] RsCIN re-scoring against the pool")
-    scores = -rscin.score_samples(new)
-    timings["rscin"] = time.perf_counter() - t
+    tokens = _step(timings, "vit", f"[2/4] ViT patch tokens of {len(paths)} images ({vit.backbone_}, "
+                   f"{vit.input_size_[0]} x {vit.input_size_[1]} px)", vit.transform, ImageFiles(paths))
+    new = _step(timings, "scoring", f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images",
+                lambda: msm.transform(lnamd.fit_transform(tokens)))  # LNAMD's fit only checks the shapes
+    scores = -_step(timings, "rscin", "[4/4] RsCIN re-scoring against the pool", rscin.score_samples, new)
     timings["scoring_total"] = time.perf_counter() - start
     return ScoreResults(
         paths=paths, names=names, scores=scores, labels=np.where(scores > rscin.threshold_, -1, 1),
