@@ -39,6 +39,7 @@ from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer 
 from sklearn_musc.metrics import image_f1_max, pixel_f1_max  # noqa: E402
 
 OUT = Path(os.environ.get("MUSC_LABELS_CACHE", "/tmp/musc-labels-cache"))
+PYTHRESH_LIB = os.environ.get("PYTHRESH_LIB", "/tmp/pythresh-lib")
 KINDS = ("heavy", "prod", "clean")
 SEED = 0
 
@@ -115,7 +116,8 @@ def load_all(cats):
 
 def pythresh_rule(name):
     def rule(s, b):
-        sys.path.insert(0, "/tmp/pythresh-lib")
+        if PYTHRESH_LIB not in sys.path:  # pip install --target "$PYTHRESH_LIB" pythresh (not a dependency)
+            sys.path.append(PYTHRESH_LIB)
         import importlib
         mod = importlib.import_module(f"pythresh.thresholds.{name.lower()}")
         th = getattr(mod, name)()
@@ -125,6 +127,24 @@ def pythresh_rule(name):
             return np.inf
         return float(s[lab == 0].max()) if (lab == 0).any() else -np.inf
     return rule
+
+
+def pythresh_rules():
+    """pythresh's thresholders that import here (some need optional packages); the others are reported."""
+    import importlib
+    import warnings
+    warnings.filterwarnings("ignore", module="pythresh")
+    if PYTHRESH_LIB not in sys.path:
+        sys.path.append(PYTHRESH_LIB)
+    rules = {}
+    for name in PYTHRESH:
+        try:
+            importlib.import_module(f"pythresh.thresholds.{name.lower()}")
+        except ImportError as exc:
+            print(f"pythresh {name}: not evaluated ({exc})")
+            continue
+        rules[f"pythresh {name}"] = pythresh_rule(name)
+    return rules
 
 
 def mad_rule(c):
@@ -367,7 +387,7 @@ def main(argv):
     elif what in ("rules", "pythresh", "sweep", "impl"):
         cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
         data = load_all(cats)
-        rules = {"rules": RULES, "sweep": SWEEP, "impl": IMPL}.get(what) or {n: pythresh_rule(n) for n in PYTHRESH}
+        rules = {"rules": RULES, "sweep": SWEEP, "impl": IMPL}.get(what) or pythresh_rules()
         rows = evaluate_rules(data, rules)
         tune = [c for c in cats if c in TUNE]
         other = [c for c in cats if c not in TUNE]
