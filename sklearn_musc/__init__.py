@@ -8,7 +8,7 @@ neighbours (:class:`RsCINRescorer`).
 """
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
-from ._images import ImageFiles
+from .preprocessing import ImageFiles
 from .aggregation import LNAMDTransformer
 from .features import ViTPatchTransformer, maps_to_original, masks_to_input, masks_to_original
 from .rescoring import RsCINRescorer

@@ -4,7 +4,7 @@ Everything here runs before any model does, so that a bad folder or an
 unreadable file is reported at once:
 
 * :func:`collect_images` walks a folder for image files (the library's
-  :data:`~sklearn_musc._images.IMAGE_SUFFIXES`), skipping hidden files and
+  :data:`~sklearn_musc.preprocessing.IMAGE_SUFFIXES`), skipping hidden files and
   folders (``.ipynb_checkpoints/``, macOS ``._x.png`` sidecars, ...), the
   output folder and any folder that holds an earlier run's outputs.
 * :func:`check_readable` opens every file cheaply (header, PIL ``verify``, a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ._images import IMAGE_SUFFIXES
+from .preprocessing import IMAGE_SUFFIXES
 
 __all__ = ["InputError", "RUN_MANIFEST", "collect_images", "check_readable", "display_name",
            "Unreadable"]

@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ._images import load_image, paste_to_original
+from .preprocessing import load_image, paste_to_original
 from .features import masks_to_original
 from ._inputs import RUN_MANIFEST, InputError
 
@@ -206,7 +206,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     Parameters
     ----------
     image : PIL.Image.Image (RGB) or ndarray (H, W, 3) float in [0, 1]
-        The image, as :func:`~sklearn_musc._images.load_image` returns it.
+        The image, as :func:`~sklearn_musc.preprocessing.load_image` returns it.
     anomaly_map : ndarray of shape input_size
     input_size : (int, int)
     vmin, vmax : float

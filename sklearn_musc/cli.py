@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from . import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, __version__
 from ._backbones import _check_weights_path, _weights_format, resolve_backbone
 from ._device import resolve_device
-from ._images import IMAGE_SUFFIXES, ImageFiles
+from .preprocessing import IMAGE_SUFFIXES, ImageFiles
 from ._inputs import InputError, check_readable, collect_images, display_name
 from ._outputs import OutputFolder, ScoreResults, output_names
 from ._validation import check_contamination, check_int_list

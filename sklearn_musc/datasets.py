@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch, check_random_state
 
-from ._images import IMAGE_SUFFIXES
+from .preprocessing import IMAGE_SUFFIXES
 
 __all__ = [
     "list_categories",

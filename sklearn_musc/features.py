@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
-from ._images import as_image_list, crop_box, load_image, paste_to_original, preprocess, resize_crop_geometry
+from .preprocessing import as_image_list, crop_box, load_image, paste_to_original, preprocess, resize_crop_geometry
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]

@@ -16,8 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 from conftest import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
-from sklearn_musc._images import load_image, preprocess
-from sklearn_musc import _images
+from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc import preprocessing
 from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original, masks_to_input
 
 TIMM = "timm:vit_small_patch14_dinov2"
@@ -548,7 +548,7 @@ def test_masks_to_original_inverts_masks_to_input():
         iou = (back & mask).sum() / (back | mask).sum()
         assert iou > 0.85, (size, iou)
         # the borders the crop cut away are never marked
-        y0, y1, x0, x1 = _images.crop_box(size, (32, 32))
+        y0, y1, x0, x1 = preprocessing.crop_box(size, (32, 32))
         assert not full[:y0].any() and not full[y1:].any() and not full[:, :x0].any() and not full[:, x1:].any()
     with pytest.raises(ValueError, match="masks"):
         masks_to_original(np.zeros((2, 4, 4)), [(8, 8)], 4)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sklearn_musc._images import as_image_list, load_image, preprocess, resize_crop_geometry
+from sklearn_musc.preprocessing import as_image_list, load_image, preprocess, resize_crop_geometry
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
