@@ -8,9 +8,9 @@ neighbours (:class:`RsCINRescorer`).
 """
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
-from ._images import ImageFiles
 from .aggregation import LNAMDTransformer
-from .features import ViTPatchTransformer, maps_to_original, masks_to_input, masks_to_original
+from .features import ViTPatchTransformer
+from .preprocessing import ImageFiles, maps_to_original, masks_to_input, masks_to_original
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 

@@ -4,11 +4,12 @@ Everything here runs before any model does, so that a bad folder or an
 unreadable file is reported at once:
 
 * :func:`collect_images` walks a folder for image files (the library's
-  :data:`~sklearn_musc._images.IMAGE_SUFFIXES`), skipping hidden files and
+  :data:`~sklearn_musc.preprocessing.IMAGE_SUFFIXES`), skipping hidden files and
   folders (``.ipynb_checkpoints/``, macOS ``._x.png`` sidecars, ...), the
   output folder and any folder that holds an earlier run's outputs.
 * :func:`check_readable` opens every file cheaply (header, PIL ``verify``, a
-  reduced decode of JPEGs) and returns the unreadable ones with the reason.
+  reduced decode of JPEGs, the EXIF orientation as the reader applies it) and
+  returns the unreadable ones with the reason.
 * :func:`display_name` is the name of an image in every output: its path
   relative to the input folder, POSIX separators, undecodable bytes replaced.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ._images import IMAGE_SUFFIXES
+from .preprocessing import IMAGE_SUFFIXES, _upright
 
 __all__ = ["InputError", "RUN_MANIFEST", "collect_images", "check_readable", "display_name",
            "Unreadable"]
@@ -112,7 +113,9 @@ def check_readable(paths):
 
     Cheap: the header is parsed and PIL's ``verify`` run (for PNG it checks
     every chunk's CRC, so a truncated file fails); JPEGs are decoded at a
-    reduced scale (which finds truncated data), other formats decoded fully.
+    reduced scale (which finds truncated data), other formats decoded fully;
+    the EXIF orientation is applied by the reader's own step, so a malformed
+    one is found here and not halfway through a run.
 
     Returns
     -------
@@ -139,6 +142,7 @@ def _why_unreadable(path):
                 if fmt == "JPEG":
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
+                _upright(image, path)
     except PermissionError:
         return "permission denied"
     except Image.DecompressionBombError as exc:

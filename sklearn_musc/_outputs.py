@@ -38,9 +38,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ._images import load_image, paste_to_original
-from .features import masks_to_original
 from ._inputs import RUN_MANIFEST, InputError
+from .preprocessing import as_rgb8, load_image, masks_to_original, paste_to_original
 
 __all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
 
@@ -179,17 +178,6 @@ def mask_to_original(mask, original_size, input_size):
     return Image.fromarray(np.where(full, 255, 0).astype(np.uint8))
 
 
-def _as_rgb8(image):
-    """A PIL RGB image from what load_image returns (float images converted band by band)."""
-    if isinstance(image, Image.Image):
-        return image
-    out = np.empty(image.shape[:2] + (3,), dtype=np.uint8)
-    for y in range(0, image.shape[0], _BAND_ROWS):
-        band = image[y : y + _BAND_ROWS]
-        out[y : y + _BAND_ROWS] = np.rint(np.clip(band, 0.0, 1.0) * 255.0)
-    return Image.fromarray(out)
-
-
 def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=0.5,
                    palette=None):
     """An image with its anomaly map (at the input size) on top, at the image's size.
@@ -206,7 +194,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     Parameters
     ----------
     image : PIL.Image.Image (RGB) or ndarray (H, W, 3) float in [0, 1]
-        The image, as :func:`~sklearn_musc._images.load_image` returns it.
+        The image, as :func:`~sklearn_musc.preprocessing.load_image` returns it.
     anomaly_map : ndarray of shape input_size
     input_size : (int, int)
     vmin, vmax : float
@@ -218,7 +206,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     -------
     overlay : PIL.Image.Image, mode "RGB"
     """
-    base = _as_rgb8(image)
+    base = as_rgb8(image)
     size = (base.height, base.width)
     index = _scale_index(np.asarray(anomaly_map, dtype=np.float32), vmin, vmax)
     full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")

@@ -40,6 +40,28 @@ def check_int_list(values, name, *, minimum=1, odd=False):
     return tuple(int(v) for v in values)
 
 
+def check_size(size, name):
+    """Validate an image size: a positive int ``S`` (meaning ``(S, S)``) or a (height, width) pair.
+
+    Returns
+    -------
+    size : (int, int)
+    """
+    given = size
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive "
+                         f"ints, got {given!r}")
+    return int(size[0]), int(size[1])
+
+
 def _as_float_array(X, what):
     if hasattr(X, "detach"):  # a torch tensor
         X = X.detach().cpu().numpy()

@@ -28,11 +28,10 @@ from sklearn.pipeline import Pipeline
 from . import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, __version__
 from ._backbones import _check_weights_path, _weights_format, resolve_backbone
 from ._device import resolve_device
-from ._images import IMAGE_SUFFIXES, ImageFiles
 from ._inputs import InputError, check_readable, collect_images, display_name
 from ._outputs import OutputFolder, ScoreResults, output_names
-from ._validation import check_contamination, check_int_list
-from .features import _check_size, maps_to_original
+from ._validation import check_contamination, check_int_list, check_size
+from .preprocessing import IMAGE_SUFFIXES, ImageFiles, maps_to_original
 
 DEMO_BACKBONE = "timm:vit_small_patch14_dinov2.lvd142m"
 
@@ -144,7 +143,7 @@ def check_options(args):
     check(check_int_list, args.r_list, "--r-list", odd=True)
     check(check_int_list, args.k_list, "--k-list")
     check(check_contamination, args.contamination)
-    check(_check_size, args.image_size, "--image-size")
+    check(check_size, args.image_size, "--image-size")
     if args.max_subset_size is not None and args.max_subset_size < 2:
         raise InputError(f"--max-subset-size must be 2 or more, got {args.max_subset_size}")
     if args.batch_size < 1:

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -17,8 +16,9 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
-from ._images import as_image_list, crop_box, load_image, paste_to_original, preprocess, resize_crop_geometry
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
+from ._validation import check_size as _check_size
+from .preprocessing import as_image_list, load_image, maps_to_original, masks_to_input, masks_to_original, preprocess
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
 
@@ -45,22 +45,6 @@ def default_layers(n_blocks):
     ((5, 11, 17, 23), (2, 5, 8, 11))
     """
     return tuple(sorted({-(-n_blocks * k // 4) - 1 for k in range(1, 5)}))
-
-
-def _check_size(size, name):
-    given = size
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size, size)
-    try:
-        size = tuple(size)
-    except TypeError:
-        size = ()
-    if len(size) != 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size
-    ):
-        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive "
-                         f"ints, got {given!r}")
-    return int(size[0]), int(size[1])
 
 
 def _check_layers(layers, n_blocks):
@@ -427,151 +411,3 @@ def _to_storage(batch, dtype, sources):
             " (with precision='float16', try 'bfloat16' or 'float32')"
         )
     return stored.cpu().numpy()
-
-
-def maps_to_original(maps, original_sizes, input_size, *, fill="min"):
-    """Put maps of the model input back on the original images.
-
-    Inverse of the preprocessing's resize + centre crop: each map covers the
-    crop region of its image; it is resized (bilinear) to the footprint of
-    that region in original pixels and the borders the crop cut away are
-    filled, so each output has the image's original size.
-
-    Parameters
-    ----------
-    maps : ndarray of shape (n_images, h, w) or sequence of 2-D arrays
-        One map per image over the model input (any resolution: the input
-        size, or the patch grid).
-    original_sizes : sequence of (int, int)
-        (height, width) of each original image (``PatchTokens.original_sizes``).
-    input_size : int or (int, int)
-        Model input (height, width) (``PatchTokens.input_size``).
-    fill : {"min", "edge"} or float, default="min"
-        Value of the cropped-away borders, which the model never saw: the
-        map's minimum (nothing unseen looks anomalous), the nearest edge
-        value of the map, or a constant.
-
-    Returns
-    -------
-    maps : list of ndarray of shape (height_i, width_i), float32
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> out = maps_to_original(np.ones((1, 4, 4)), [(30, 60)], 8)
-    >>> out[0].shape, float(out[0][:, 15:45].min()), float(out[0][:, :15].max())
-    ((30, 60), 1.0, 1.0)
-    """
-    input_size = _check_size(input_size, "input_size")
-    if len(maps) != len(original_sizes):
-        raise ValueError(f"got {len(maps)} maps for {len(original_sizes)} original sizes")
-    is_number = isinstance(fill, numbers.Real) and not isinstance(fill, bool)
-    if not (is_number or fill in ("min", "edge")):
-        raise ValueError(f"fill must be 'min', 'edge' or a number, got {fill!r}")
-    out = []
-    for m, size in zip(maps, original_sizes):
-        m = np.asarray(m, dtype=np.float32)
-        if m.ndim != 2:
-            raise ValueError(f"each map must be 2-D, got shape {m.shape}")
-        h0, w0 = _check_size(size, "original size")
-        y0, y1, x0, x1 = crop_box((h0, w0), input_size)
-        inner = F.interpolate(
-            torch.from_numpy(m)[None, None], size=(y1 - y0, x1 - x0),
-            mode="bilinear", align_corners=False, antialias=True,
-        )[0, 0].numpy()
-        pad = ((y0, h0 - y1), (x0, w0 - x1))
-        if fill == "edge":
-            full = np.pad(inner, pad, mode="edge")
-        else:
-            value = float(inner.min()) if fill == "min" else float(fill)
-            full = np.pad(inner, pad, mode="constant", constant_values=value)
-        out.append(full.astype(np.float32, copy=False))
-    return out
-
-
-def masks_to_original(masks, original_sizes, input_size):
-    """Put binary masks of the model input back on the original images.
-
-    The counterpart of :func:`maps_to_original` for defect masks
-    (``MutualScoringDetector.anomaly_masks_``): each mask is resized to the
-    footprint of the crop region in original pixels (bilinear with
-    antialiasing, then cut at one half, so edges stay smooth and a region
-    keeps its area; 8 bits a pixel, so large photos cost little memory)
-    and the borders the crop cut away are left unmarked.
-
-    Parameters
-    ----------
-    masks : ndarray of shape (n_images, h, w) or sequence of 2-D arrays
-        One mask per image over the model input; values above 0 (or True)
-        are marked.
-    original_sizes : sequence of (int, int)
-        (height, width) of each original image (``PatchTokens.original_sizes``,
-        ``MutualScoringDetector.original_sizes_``).
-    input_size : int or (int, int)
-        Model input (height, width) (``MutualScoringDetector.input_size_``).
-
-    Returns
-    -------
-    masks : list of ndarray of shape (height_i, width_i), bool
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> mask = np.zeros((1, 8, 8), bool); mask[0, :, 4:] = True
-    >>> out = masks_to_original(mask, [(30, 60)], 8)
-    >>> out[0].shape, out[0].dtype, bool(out[0][:, :30].any()), bool(out[0][:, 30:45].all())
-    ((30, 60), dtype('bool'), False, True)
-    """
-    input_size = _check_size(input_size, "input_size")
-    if len(masks) != len(original_sizes):
-        raise ValueError(f"got {len(masks)} masks for {len(original_sizes)} original sizes")
-    out = []
-    for mask, size in zip(masks, original_sizes):
-        mask = np.asarray(mask)
-        if mask.ndim != 2:
-            raise ValueError(f"each mask must be 2-D, got shape {mask.shape}")
-        small = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
-        # 8 bits a pixel, so the mask of a large photo stays small in memory
-        full = paste_to_original(small, _check_size(size, "original size"), input_size, Image.BILINEAR, 0)
-        out.append(np.asarray(full) >= 128)
-    return out
-
-
-def masks_to_input(masks, input_size):
-    """Resize and centre-crop ground-truth masks exactly like their images.
-
-    Use it to compare anomaly maps with masks at the model input size, as the
-    paper's pixel metrics do (docs/algorithm.rst, "Evaluation"); :func:`maps_to_original` goes
-    the other way.
-
-    Parameters
-    ----------
-    masks : sequence of 2-D arrays
-        One mask per image at the image's original size; values above 0 are
-        anomalous.
-    input_size : int or (int, int)
-        Model input (height, width) (``PatchTokens.input_size``).
-
-    Returns
-    -------
-    masks : ndarray of shape (n_images, height, width), bool
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> mask = np.zeros((30, 60), np.uint8); mask[:, 30:] = 1
-    >>> out = masks_to_input([mask], 10)
-    >>> out.shape, int(out[0, 0].sum())
-    ((1, 10, 10), 5)
-    """
-    th, tw = _check_size(input_size, "input_size")
-    out = np.empty((len(masks), th, tw), dtype=bool)
-    for i, mask in enumerate(masks):
-        mask = np.asarray(mask)
-        if mask.ndim != 2:
-            raise ValueError(f"each mask must be 2-D, got shape {mask.shape}")
-        (rh, rw), (top, left) = resize_crop_geometry(mask.shape, (th, tw))
-        # nearest neighbour keeps the mask binary
-        resized = Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((rw, rh), Image.NEAREST)
-        out[i] = np.asarray(resized)[top : top + th, left : left + tw] > 127
-    return out

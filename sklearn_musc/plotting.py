@@ -19,11 +19,12 @@ also be given as an (n_colors, 3 or 4) array.
 from __future__ import annotations
 
 import numbers
-import os
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from .preprocessing import read_rgb, resize_mask
 
 __all__ = [
     "anomaly_map_rgb",
@@ -101,37 +102,6 @@ def _lut(cmap, n=256):
     return np.asarray(colormap(np.linspace(0.0, 1.0, n)))[:, :3]
 
 
-def _as_rgb_image(image):
-    """(H, W, 3) float image in [0, 1] from uint8, float [0, 1], grey or RGBA input."""
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as pil:
-            return np.asarray(pil.convert("RGB"), dtype=np.float64) / 255.0
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(
-            f"image must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}"
-        )
-    image = image[..., :3]
-    if image.dtype == np.uint8:
-        return image.astype(np.float64) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float64) / 65535.0
-    if image.dtype == bool:
-        return image.astype(np.float64)
-    image = image.astype(np.float64)
-    if not np.all(np.isfinite(image)) or image.min() < 0 or image.max() > 1:
-        raise ValueError(
-            "a float image must hold finite values in [0, 1]; convert 0-255 images to uint8"
-        )
-    return image
-
-
 def _as_map(anomaly_map):
     anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
     if anomaly_map.ndim == 3 and anomaly_map.shape[0] == 1:
@@ -151,19 +121,6 @@ def _resize_map(anomaly_map, size):
         (size[1], size[0]), Image.BILINEAR
     )
     return np.asarray(resized, dtype=np.float64)
-
-
-def _resize_mask(mask, size):
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[-1] in (1, 3, 4):
-        mask = mask[..., 0]
-    if mask.ndim != 2:
-        raise ValueError(f"a mask must have shape (h, w), got {mask.shape}")
-    mask = mask > 0
-    if mask.shape == tuple(size):
-        return mask
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((size[1], size[0]), Image.NEAREST)) > 127
 
 
 def _check_bounds(vmin, vmax):
@@ -265,8 +222,10 @@ def anomaly_map_rgb(
 
     Parameters
     ----------
-    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), or a path
-        uint8, or float in [0, 1]. Alpha channels are dropped, grey is repeated.
+    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), a PIL image or a path
+        uint8, uint16, bool, or float in [0, 1]. Read as the model reads it
+        (:func:`~sklearn_musc.preprocessing.load_image`): alpha channels are
+        dropped, grey is repeated, the EXIF orientation is applied.
     anomaly_map : array-like of shape (h, w)
         The anomaly scores of the pixels.
     vmin, vmax : float
@@ -303,7 +262,7 @@ def anomaly_map_rgb(
     >>> out[0, 0].tolist(), out[4, 4].tolist()    # jet's first and last colours
     ([0, 0, 128], [128, 0, 0])
     """
-    rgb = _as_rgb_image(image)
+    rgb = read_rgb(image, dtype=np.float64)  # decoded as the model decodes it
     size = rgb.shape[:2]
     values = _resize_map(_as_map(anomaly_map), size)
     vmin, vmax = _check_bounds(vmin, vmax)
@@ -320,7 +279,7 @@ def anomaly_map_rgb(
         colour = np.asarray(outline_color)
         if colour.shape != (3,):
             raise ValueError(f"outline_color must be an (r, g, b) triple, got {outline_color!r}")
-        out[_outline(_resize_mask(mask, size), width)] = np.clip(colour, 0, 255).astype(np.uint8)
+        out[_outline(resize_mask(mask, size), width)] = np.clip(colour, 0, 255).astype(np.uint8)
     return out
 
 
@@ -339,8 +298,8 @@ def overlay_anomaly_map(
 
     Parameters
     ----------
-    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), or a path
-        uint8, or float in [0, 1].
+    image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), a PIL image or a path
+        As for :func:`anomaly_map_rgb`.
     anomaly_map : array-like of shape (h, w)
         The anomaly scores; resized to the image (bilinear) when the sizes
         differ.
@@ -383,7 +342,7 @@ def overlay_anomaly_map(
     >>> plt.close("all")
     """
     plt = _import_pyplot("overlay_anomaly_map")
-    rgb = _as_rgb_image(image)
+    rgb = read_rgb(image, dtype=np.float64)  # decoded as the model decodes it
     size = rgb.shape[:2]
     values = _resize_map(_as_map(anomaly_map), size)
     if isinstance(normalize, str) and normalize in ("image", "batch"):
@@ -399,7 +358,7 @@ def overlay_anomaly_map(
     heat = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha,
                      interpolation="nearest")
     if mask is not None:
-        binary = _resize_mask(mask, size)
+        binary = resize_mask(mask, size)
         if binary.any() and not binary.all():
             ax.contour(binary.astype(np.float64), levels=[0.5], colors=[outline_color],
                        linewidths=1.0)

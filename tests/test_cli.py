@@ -130,7 +130,7 @@ def test_hidden_files_and_folders_are_not_read(image_dir, tmp_path, capsys):
 
 def test_the_cli_and_the_dataset_loaders_share_one_suffix_list(tmp_path, capsys):
     from sklearn_musc import datasets
-    from sklearn_musc._images import IMAGE_SUFFIXES
+    from sklearn_musc.preprocessing import IMAGE_SUFFIXES
 
     assert datasets.IMAGE_EXTENSIONS is IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
     rng = np.random.default_rng(0)

@@ -16,9 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 from conftest import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
-from sklearn_musc._images import load_image, preprocess
-from sklearn_musc import _images
-from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original, masks_to_input
+from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original
 
 TIMM = "timm:vit_small_patch14_dinov2"
 TIMM_REG = "timm:vit_small_patch14_reg4_dinov2"
@@ -464,47 +463,6 @@ def test_cached_pipeline(tmp_path, images):
 # ----------------------------------------------------------------- maps back on the images
 
 
-def test_maps_to_original_places_the_crop_back():
-    # 40 x 80 image, input 20: resized to 20 x 40, columns 10..30 kept,
-    # i.e. original columns 20..60.
-    ramp = np.tile(np.linspace(0.0, 1.0, 20, dtype=np.float32), (20, 1))
-    out = maps_to_original(ramp[None], [(40, 80)], 20)[0]
-    assert out.shape == (40, 80) and out.dtype == np.float32
-    inner = out[:, 20:60]
-    assert np.all(np.diff(inner, axis=1) >= 0)
-    assert inner[:, 0].max() < 0.05 and inner[:, -1].min() > 0.95
-    assert np.all(out[:, :20] == inner.min()) and np.all(out[:, 60:] == inner.min())
-    edge = maps_to_original([ramp], [(40, 80)], (20, 20), fill="edge")[0]
-    np.testing.assert_array_equal(edge[:, :20], np.repeat(edge[:, 20:21], 20, axis=1))
-    np.testing.assert_array_equal(edge[:, 60:], np.repeat(edge[:, 59:60], 20, axis=1))
-    const = maps_to_original([ramp], [(80, 40)], 20, fill=-1.0)[0]
-    assert const.shape == (80, 40) and np.all(const[:20] == -1) and np.all(const[60:] == -1)
-
-
-def test_maps_to_original_inverts_preprocessing(rng):
-    yy, xx = np.mgrid[0:45, 0:90]
-    smooth = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.float32)
-    size = (32, 24)
-    x = preprocess(load_image(smooth, "s")[0], size, (0, 0, 0), (1, 1, 1))
-    back = maps_to_original(x[:1].numpy(), [(45, 90)], size)[0]
-    (cols,) = np.nonzero(back[0] != back.min())  # the crop footprint
-    lo, hi = cols.min() + 2, cols.max() - 2
-    assert abs(np.mean(back[:, lo:hi] - smooth[:, lo:hi])) < 0.01
-    assert np.abs(back[2:-2, lo:hi] - smooth[2:-2, lo:hi]).max() < 0.08
-
-
-def test_maps_to_original_identity_and_errors():
-    m = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
-    out = maps_to_original(m, [(16, 16), (16, 16)], 16)
-    np.testing.assert_allclose(out[0], m[0], atol=1e-6)
-    with pytest.raises(ValueError, match="2 maps for 1"):
-        maps_to_original(m, [(16, 16)], 16)
-    with pytest.raises(ValueError, match="fill"):
-        maps_to_original(m, [(16, 16)] * 2, 16, fill="mean")
-    with pytest.raises(ValueError, match="2-D"):
-        maps_to_original(m[:, None], [(16, 16)] * 2, 16)
-
-
 def test_transform_records_sizes_for_maps(images):
     out = tiny().fit_transform(images)
     assert isinstance(out, PatchTokens) and out.original_sizes == ((60, 80), (50, 50), (90, 40))
@@ -532,23 +490,3 @@ def test_real_dinov2_weights_on_mvtec_bottles(rng):
     assert sim[0, 1] > 0.9 and sim[0, 1] > sim[0, 2] + 0.1 and sim[0, 1] > sim[1, 2] + 0.1
     assert out.original_sizes[0] == Image.open(good / "000.png").size[::-1]
     assert Path(out.sources[0]).name == "000.png"
-
-
-def test_masks_to_original_inverts_masks_to_input():
-    from sklearn_musc import masks_to_original
-
-    rng = np.random.default_rng(0)
-    for size in [(90, 160), (160, 90), (64, 64)]:
-        mask = np.zeros((32, 32), bool)
-        y, x = rng.integers(4, 20, size=2)
-        mask[y : y + 9, x : x + 7] = True
-        full = masks_to_original(mask[None], [size], 32)[0]
-        assert full.shape == size and full.dtype == bool
-        back = masks_to_input([full], 32)[0]
-        iou = (back & mask).sum() / (back | mask).sum()
-        assert iou > 0.85, (size, iou)
-        # the borders the crop cut away are never marked
-        y0, y1, x0, x1 = _images.crop_box(size, (32, 32))
-        assert not full[:y0].any() and not full[y1:].any() and not full[:, :x0].any() and not full[:, x1:].any()
-    with pytest.raises(ValueError, match="masks"):
-        masks_to_original(np.zeros((2, 4, 4)), [(8, 8)], 4)

@@ -5,7 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from sklearn_musc._images import as_image_list, load_image, preprocess, resize_crop_geometry
+from sklearn_musc.preprocessing import (
+    as_image_list,
+    crop_box,
+    load_image,
+    maps_to_original,
+    masks_to_input,
+    masks_to_original,
+    preprocess,
+    read_image_size,
+    resize_crop_geometry,
+)
+from sklearn_musc.datasets import load_masks, load_mvtec
+from sklearn_musc.plotting import anomaly_map_rgb
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -246,6 +258,131 @@ def test_float_path_agrees_with_8_bit_path(rgb):
 def test_preprocess_identity_size(rgb):
     out = preprocess(load_image(rgb, "a")[0], (30, 40), (0, 0, 0), (1, 1, 1))
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), rgb / 255.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------- maps and masks back on the images
+
+
+def test_maps_to_original_places_the_crop_back():
+    # 40 x 80 image, input 20: resized to 20 x 40, columns 10..30 kept,
+    # i.e. original columns 20..60.
+    ramp = np.tile(np.linspace(0.0, 1.0, 20, dtype=np.float32), (20, 1))
+    out = maps_to_original(ramp[None], [(40, 80)], 20)[0]
+    assert out.shape == (40, 80) and out.dtype == np.float32
+    inner = out[:, 20:60]
+    assert np.all(np.diff(inner, axis=1) >= 0)
+    assert inner[:, 0].max() < 0.05 and inner[:, -1].min() > 0.95
+    assert np.all(out[:, :20] == inner.min()) and np.all(out[:, 60:] == inner.min())
+    edge = maps_to_original([ramp], [(40, 80)], (20, 20), fill="edge")[0]
+    np.testing.assert_array_equal(edge[:, :20], np.repeat(edge[:, 20:21], 20, axis=1))
+    np.testing.assert_array_equal(edge[:, 60:], np.repeat(edge[:, 59:60], 20, axis=1))
+    const = maps_to_original([ramp], [(80, 40)], 20, fill=-1.0)[0]
+    assert const.shape == (80, 40) and np.all(const[:20] == -1) and np.all(const[60:] == -1)
+
+
+def test_maps_to_original_inverts_preprocessing(rng):
+    yy, xx = np.mgrid[0:45, 0:90]
+    smooth = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.float32)
+    size = (32, 24)
+    x = preprocess(load_image(smooth, "s")[0], size, (0, 0, 0), (1, 1, 1))
+    back = maps_to_original(x[:1].numpy(), [(45, 90)], size)[0]
+    (cols,) = np.nonzero(back[0] != back.min())  # the crop footprint
+    lo, hi = cols.min() + 2, cols.max() - 2
+    assert abs(np.mean(back[:, lo:hi] - smooth[:, lo:hi])) < 0.01
+    assert np.abs(back[2:-2, lo:hi] - smooth[2:-2, lo:hi]).max() < 0.08
+
+
+def test_maps_to_original_identity_and_errors():
+    m = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    out = maps_to_original(m, [(16, 16), (16, 16)], 16)
+    np.testing.assert_allclose(out[0], m[0], atol=1e-6)
+    with pytest.raises(ValueError, match="2 maps for 1"):
+        maps_to_original(m, [(16, 16)], 16)
+    with pytest.raises(ValueError, match="fill"):
+        maps_to_original(m, [(16, 16)] * 2, 16, fill="mean")
+    with pytest.raises(ValueError, match="2-D"):
+        maps_to_original(m[:, None], [(16, 16)] * 2, 16)
+
+
+def test_masks_to_original_inverts_masks_to_input():
+    rng = np.random.default_rng(0)
+    for size in [(90, 160), (160, 90), (64, 64)]:
+        mask = np.zeros((32, 32), bool)
+        y, x = rng.integers(4, 20, size=2)
+        mask[y : y + 9, x : x + 7] = True
+        full = masks_to_original(mask[None], [size], 32)[0]
+        assert full.shape == size and full.dtype == bool
+        back = masks_to_input([full], 32)[0]
+        iou = (back & mask).sum() / (back | mask).sum()
+        assert iou > 0.85, (size, iou)
+        # the borders the crop cut away are never marked
+        y0, y1, x0, x1 = crop_box(size, (32, 32))
+        assert not full[:y0].any() and not full[y1:].any() and not full[:, :x0].any() and not full[:, x1:].any()
+    with pytest.raises(ValueError, match="masks"):
+        masks_to_original(np.zeros((2, 4, 4)), [(8, 8)], 4)
+
+
+# ----------------------------------------------------------------- one decoder for model, datasets and plots
+
+
+def _save_turned(path, pixels, orientation=6):
+    """``pixels`` saved with an EXIF orientation (6: to be shown turned 90 degrees clockwise)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_the_same_for_the_model_the_datasets_and_the_plots(tmp_path, rng, suffix):
+    pixels = rng.integers(0, 256, size=(20, 40, 3), dtype=np.uint8)  # stored 40 wide, 20 high
+    path = _save_turned(tmp_path / "c" / "test" / "good" / f"000{suffix}", pixels)
+    seen = np.asarray(load_image(path)[0])  # what ViTPatchTransformer is given
+    assert seen.shape == (40, 20, 3)
+    if suffix == ".png":  # lossless: exactly the stored pixels turned clockwise
+        np.testing.assert_array_equal(seen, np.rot90(pixels, k=-1))
+    np.testing.assert_array_equal(load_mvtec(tmp_path, "c", return_images=True).images[0], seen)
+    np.testing.assert_array_equal(anomaly_map_rgb(path, np.zeros((4, 4)), 0, 1, alpha=0.0), seen)
+    assert read_image_size(path) == (40, 20)
+    assert load_masks(load_mvtec(tmp_path, "c")).shape == (1, 40, 20)  # a normal image's mask, from the header
+
+
+def test_a_mask_turned_like_its_image_lies_on_it(tmp_path, rng):
+    pixels = rng.integers(0, 256, size=(20, 40, 3), dtype=np.uint8)
+    mask = np.zeros((20, 40), np.uint8)
+    mask[2:6, 3:12] = 255
+    _save_turned(tmp_path / "c" / "test" / "cut" / "000.png", pixels)
+    _save_turned(tmp_path / "c" / "ground_truth" / "cut" / "000_mask.png", mask)
+    masks = load_masks(load_mvtec(tmp_path, "c"))
+    np.testing.assert_array_equal(masks[0], np.rot90(mask, k=-1) > 0)
+
+
+def test_16_bit_dataset_images_are_what_the_model_sees_in_8_bits(tmp_path, rng):
+    values = rng.integers(0, 65536, size=(12, 10), dtype=np.uint16)
+    path = tmp_path / "c" / "test" / "good" / "000.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(values).save(path)
+    image = load_mvtec(tmp_path, "c", return_images=True).images[0]
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.rint(load_image(path)[0] * 255.0))
+
+
+def test_bool_arrays_are_black_and_white_everywhere():
+    mask = np.array([[False, True]])
+    expected = [[[0, 0, 0], [255, 255, 255]]]
+    assert np.asarray(load_image(mask)[0]).tolist() == expected
+    assert anomaly_map_rgb(mask, np.zeros((1, 2)), 0, 1, alpha=0.0).tolist() == expected
+
+
+def test_one_size_rule_for_model_inputs_and_masks():
+    data = {"paths": ["a.png"], "mask_paths": [None]}
+    assert load_masks(data, size=(3, 4)).shape == (1, 3, 4)
+    for bad in (2.5, (3, 0), "16", True):  # a float is not truncated, a bool is not an int
+        with pytest.raises(ValueError, match="size must be a positive int"):
+            load_masks(data, size=bad)
+        with pytest.raises(ValueError, match="input_size must be a positive int"):
+            masks_to_input([np.zeros((4, 4))], bad)
 
 
 def test_shared_path_helper_is_beside_repo():
