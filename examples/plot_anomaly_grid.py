@@ -10,6 +10,7 @@ keep it small.
 
     python examples/plot_anomaly_grid.py                       # bottle, from ../shared
     python examples/plot_anomaly_grid.py --category screw --out /tmp/screw_grid.png
+    python examples/plot_anomaly_grid.py --n-scored 8 --n-images 4     # a quick run (the tests')
 
 Without ``../shared`` and without ``--data-root`` it scores a synthetic batch
 (``make_synthetic_defects``) instead, so that it always runs; without the
@@ -79,6 +80,9 @@ def main(argv=None):
     p.add_argument("--weights", type=Path, default=WEIGHTS, help="DINOv2 ViT-S/14 weights file")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--n-images", type=int, default=12, help="images shown (all are scored)")
+    p.add_argument("--n-scored", type=int, default=None,
+                   help="score only this many images of the category, picked like the shown ones, instead of "
+                        "all of them: a quick run (each image then has fewer scorers)")
     p.add_argument("--n-cols", type=int, default=4)
     p.add_argument("--dpi", type=int, default=80)
     p.add_argument("--device", default="auto")
@@ -87,6 +91,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     images, masks, truth, defect_types, titles = load_batch(args)
+    if args.n_scored is not None:
+        keep = pick(defect_types, args.n_scored)
+        images, titles, defect_types = ([seq[i] for i in keep] for seq in (images, titles, defect_types))
+        masks, truth = masks[keep], truth[keep]
     if args.weights.is_file():
         pretrained = str(args.weights)
     else:

@@ -312,6 +312,7 @@ def overlay_anomaly_map(
     alpha : float in [0, 1], default=0.5
         Opacity of the heat map.
     cmap : str or matplotlib Colormap, default="jet"
+        The colormap of the heat map.
     ax : matplotlib Axes, optional
         Where to draw; by default the current Axes.
     outline_color : matplotlib colour, default="white"
@@ -396,6 +397,7 @@ def plot_anomaly_grid(
     Parameters
     ----------
     images : sequence of images (arrays, PIL images or paths) or ndarray (n, H, W, 3)
+        The images, one per panel.
     anomaly_maps : sequence of array-like (h, w) or ndarray (n, h, w)
         One map per image, resized to its image for display.
     masks : sequence of array-like or ndarray (n, H, W), optional
@@ -417,6 +419,7 @@ def plot_anomaly_grid(
     alpha : float in [0, 1], default=0.5
         Opacity of the heat maps.
     cmap : str or matplotlib Colormap, default="jet"
+        The colormap of the heat maps.
 
     Returns
     -------
