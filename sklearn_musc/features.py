@@ -168,7 +168,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     See Also
     --------
     LNAMDTransformer : aggregates the tokens this transformer returns.
-    maps_to_original : puts maps at input size back on the original images.
+    sklearn_musc.preprocessing.maps_to_original : puts maps at input size back on the original images.
 
     Notes
     -----

@@ -277,6 +277,7 @@ def as_rgb8(image):
     Parameters
     ----------
     image : PIL.Image.Image (mode "RGB") or ndarray of shape (H, W, 3), float in [0, 1]
+        An image as :func:`load_image` returns it.
 
     Returns
     -------
