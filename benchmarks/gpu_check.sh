@@ -49,7 +49,7 @@ if [[ $stages == *msm* ]]; then
         for algorithm in fused matmul; do
             # reduced precisions and the Triton kernel are CUDA's
             [[ $DEVICE == cpu && ($precision != float32 || $algorithm == fused) ]] && continue
-            python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --precision "$precision" \
+            python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --matmul-precision "$precision" \
                 --algorithm "$algorithm" --repeat 3 2>&1 | tee -a "$OUT/msm.log" || status=1
         done
     done
@@ -71,7 +71,7 @@ if [[ $stages == *pipeline* ]]; then
             baseline=--baseline
         fi
         python3 benchmarks/bench_pipeline.py "${model[@]}" --pretrained none --device "$DEVICE" \
-            --precision "$precision" --algorithm "$algorithm" --features-dtype "$storage" $baseline \
+            --matmul-precision "$precision" --algorithm "$algorithm" --features-dtype "$storage" $baseline \
             --json "$OUT/pipeline.jsonl" 2>&1 | tee -a "$OUT/pipeline.log" || status=1
     done
 fi

@@ -1,6 +1,6 @@
 """Effect of reduced precisions on real scores, emulated on the CPU.
 
-``MutualScoringDetector(precision="tf32" | "bfloat16")`` rounds the inputs of
+``MutualScoringDetector(matmul_precision="tf32" | "bfloat16")`` rounds the inputs of
 the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
 (bfloat16) mantissa on CUDA tensor cores, and keeps sums, maxima and
 distances in float32. The rounding is deterministic, so it can be reproduced
@@ -9,7 +9,7 @@ and multiplies them in float32; this script compares patch scores, image scores 
 metrics with the exact float32 run. Each precision is also run on feature
 sets stored in float16 (``LNAMDTransformer(dtype="float16")``, which halves
 their memory and their traffic to a GPU). It measures the effect on the
-numbers, not the speed (that needs a GPU: bench_msm.py --precision on CUDA).
+numbers, not the speed (that needs a GPU: bench_msm.py --matmul-precision on CUDA).
 
     python benchmarks/precision_effect.py --data-root ../shared/data/mvtec_ad_lowres \\
         --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors --categories bottle screw
@@ -27,14 +27,14 @@ from sklearn_musc.datasets import load_masks, load_mvtec
 from sklearn_musc.metrics import image_auroc, pixel_auroc
 
 
-def patch_scores(features, precision, k_bounds):
+def patch_scores(features, matmul_precision, k_bounds):
     n, n_sets, h, w, c = features.shape
     plan = _msm.Plan(n, h * w, c, k_bounds[1], torch.device("cpu"), 8 * 2**30)
     out = np.zeros((n, h, w), dtype=np.float64)
     with torch.inference_mode():
         for s in range(n_sets):
             Z = F.normalize(torch.as_tensor(features[:, s]).reshape(n, h * w, c).float(), dim=-1)
-            table = _msm.max_similarity_table(Z, plan, precision)  # rounding emulated on the CPU
+            table = _msm.max_similarity_table(Z, plan, matmul_precision)  # rounding emulated on the CPU
             out += _msm.interval_average(table, *k_bounds).reshape(n, h, w).numpy()
     return (out / n_sets).astype(np.float32)
 

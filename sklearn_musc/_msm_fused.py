@@ -149,12 +149,12 @@ def _kernel(configs=None):
     return _kernels[configs]
 
 
-def launch(A, B, T, pairs, a_off, b_off, L, C, precision):
+def launch(A, B, T, pairs, a_off, b_off, L, C, matmul_precision):
     """Fold the maxima of ``A[ia] . B[jb]`` for every pair ``(ia, jb)`` into ``T``.
 
     ``pairs`` is an int32 tensor of shape (2, n_pairs) on the tensors' device.
     """
-    prec = "tf32" if precision == "tf32" and A.is_cuda else "ieee"
+    prec = "tf32" if matmul_precision == "tf32" and A.is_cuda else "ieee"
     args = (A, B, T, pairs[0], pairs[1], a_off, b_off, T.shape[0], L)
     n_pairs = pairs.shape[1]
     if interpreting():
@@ -163,12 +163,12 @@ def launch(A, B, T, pairs, a_off, b_off, L, C, precision):
         _kernel()[grid](*args, C=C, BM=bm, BN=bn, BK=bk, PREC=prec)
     else:
         grid = lambda meta: (n_pairs * triton.cdiv(L, meta["BM"]) * triton.cdiv(L, meta["BN"]),)  # noqa: E731
-        configs = "float32" if precision == "float32" else "tensor_cores"
+        configs = "float32" if matmul_precision == "float32" else "tensor_cores"
         # fp fusion named: no multiply-add here for it to change, and Triton 3.9 warns when it is not
         _kernel(configs)[grid](*args, C=C, PREC=prec, enable_fp_fusion=True)
 
 
-def compile_for(arch, precision, block, C=1024):
+def compile_for(arch, matmul_precision, block, C=1024):
     """Compile the kernel for an NVIDIA architecture (e.g. 90) without a GPU.
 
     Returns Triton's compiled kernel (``.asm`` holds "ptx" and "cubin",
@@ -180,10 +180,10 @@ def compile_for(arch, precision, block, C=1024):
     from triton.compiler import ASTSource
 
     bm, bn, bk, warps, stages = block
-    dtype = "*bf16" if precision == "bfloat16" else "*fp32"
+    dtype = "*bf16" if matmul_precision == "bfloat16" else "*fp32"
     signature = {"A": dtype, "B": dtype, "T": "*fp32", "IA": "*i32", "JB": "*i32"}
     signature.update(dict.fromkeys(("a_off", "b_off", "n_table", "L"), "i32"))
-    constants = {"C": C, "BM": bm, "BN": bn, "BK": bk, "PREC": "tf32" if precision == "tf32" else "ieee"}
+    constants = {"C": C, "BM": bm, "BN": bn, "BK": bk, "PREC": "tf32" if matmul_precision == "tf32" else "ieee"}
     signature.update(dict.fromkeys(constants, "constexpr"))
     kernel = _kernel()
     # As at run time for torch's allocations: pointers 16-byte aligned
