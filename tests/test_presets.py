@@ -11,7 +11,7 @@ from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer
                           available_presets, cli, make_musc_pipeline)
 from sklearn_musc.presets import PRESETS, pretrained_from_options
 
-REPRODUCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+REPRODUCE = Path(__file__).resolve().parents[1] / "reproduction" / "reproduce.py"
 STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm", MutualScoringDetector),
               ("rscin", RsCINRescorer)]
 

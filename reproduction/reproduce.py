@@ -6,9 +6,9 @@ RsCIN scores (plus the image AUROC of the MSM scores before RsCIN), pixel
 metrics on the MSM maps against the masks resized and cropped like the images.
 
     # the paper's setting (open_clip ViT-L-14-336, "openai" weights, 518 px), on a GPU
-    python benchmarks/reproduce.py --dataset mvtec --data-root /data/mvtec_ad --out /tmp/musc-mvtec
+    python reproduction/reproduce.py --dataset mvtec --data-root /data/mvtec_ad --out /tmp/musc-mvtec
     # a small CPU run with the shared DINOv2 ViT-S/14 weights
-    python benchmarks/reproduce.py --dataset mvtec --data-root ../shared/data/mvtec_ad_lowres \\
+    python reproduction/reproduce.py --dataset mvtec --data-root ../shared/data/mvtec_ad_lowres \\
         --backbone timm:vit_small_patch14_dinov2 \\
         --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors \\
         --image-size 224 --device cpu --categories bottle toothbrush --out /tmp/musc-lowres
