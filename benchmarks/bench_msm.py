@@ -11,7 +11,7 @@ N(N-1)/2 image pairs x L^2 x C multiply-adds.
     python benchmarks/bench_msm.py                      # N=64, L=196, C=768 on the CPU
     python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda
     python benchmarks/bench_msm.py --n 200 --patches 1369 --dim 1024 --device cuda \
-        --precision bfloat16 --algorithm fused     # the Triton kernel (autotuned in the warm-up)
+        --matmul-precision bfloat16 --algorithm fused     # the Triton kernel (autotuned in the warm-up)
     python benchmarks/bench_msm.py --n 100 --patches 256 --dim 384 --radius 0 1 2 3 --skip-baseline
         # same-position matching against global matching, in the same run
 """
@@ -90,7 +90,8 @@ def main(argv=None):
     parser.add_argument("--patches", type=int, default=196, help="patches per image (a square grid)")
     parser.add_argument("--dim", type=int, default=768, help="feature width")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="float32", choices=_msm.PRECISIONS)
+    parser.add_argument("--matmul-precision", default="float32", choices=_msm.PRECISIONS,
+                        help="MutualScoringDetector(matmul_precision=...)")
     parser.add_argument("--algorithm", default="matmul", choices=_msm.ALGORITHMS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true", help="only time this library")
@@ -113,14 +114,15 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"size: N={n}, L={L}, C={C}, one feature set, precision {args.precision}, algorithm {args.algorithm}")
+    print(f"size: N={n}, L={L}, C={C}, one feature set, matmul precision {args.matmul_precision}, "
+          f"algorithm {args.algorithm}")
     block = _msm.Plan(n, L, C, k_max, device, _msm.default_memory_budget(device)).block
-    det = MutualScoringDetector(device=str(device), precision=args.precision, algorithm=args.algorithm)
+    det = MutualScoringDetector(device=str(device), matmul_precision=args.matmul_precision, algorithm=args.algorithm)
     start = time.perf_counter()
     det.fit(features)  # warm-up (and, for "fused" on CUDA, Triton's autotuning)
     warm = time.perf_counter() - start
     if args.algorithm == "fused" and device.type == "cuda":
-        tuned = _msm_fused._kernel("float32" if args.precision == "float32" else "tensor_cores")
+        tuned = _msm_fused._kernel("float32" if args.matmul_precision == "float32" else "tensor_cores")
         print(f"fused kernel: autotuner chose {tuned.best_config}")
     # interleaved, so both see the same machine: the best fit against the
     # best matmul sample of the same length
@@ -148,7 +150,7 @@ def main(argv=None):
     diff = float(np.abs(ref.reshape(n, side, side).cpu().numpy() - det.patch_scores_).max())
     print(f"reference structure (cdist per image): {base_s:.3f} s")
     print(f"speed-up: {base_s / ours_s:.2f}x; max abs diff of the scores: {diff:.2e}")
-    if args.precision == "float32" and diff > 1e-5:
+    if args.matmul_precision == "float32" and diff > 1e-5:
         raise SystemExit(f"scores differ by {diff:.2e} > 1e-5")
 
 

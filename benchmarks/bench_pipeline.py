@@ -19,7 +19,7 @@ the patch scores (must be <= 1e-5 in float32).
         --pretrained none --image-size 224
     # the paper's setting on a GPU (random weights: the time does not depend on them)
     python benchmarks/bench_pipeline.py --sizes 200 --backbone open_clip:ViT-L-14-336 --pretrained none \\
-        --image-size 518 --device cuda --precision bfloat16 --algorithm fused --baseline
+        --image-size 518 --device cuda --matmul-precision bfloat16 --algorithm fused --baseline
 
 On CUDA every stage runs once on the first 8 images before the timed run
 (CUDA and cuBLAS start-up, cuDNN's and Triton's autotuning), so the times are
@@ -52,14 +52,14 @@ def peak_memory(device):
 def run(images, args):
     device = resolve_device(args.device)
     pretrained = None if args.pretrained == "none" else args.pretrained
-    # MSM's precision as given; the ViT runs under bfloat16 autocast for "bfloat16" only
-    precision = args.precision if device.type == "cuda" else "float32"
-    vit_precision = "bfloat16" if precision == "bfloat16" else "float32"
+    # MSM's matmul precision as given; the ViT runs under bfloat16 autocast for "bfloat16" only
+    matmul_precision = args.matmul_precision if device.type == "cuda" else "float32"
+    vit_precision = "bfloat16" if matmul_precision == "bfloat16" else "float32"
     vit = ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
                               device=str(device), batch_size=args.batch_size, progress=False,
                               precision=vit_precision).fit()
     lnamd = LNAMDTransformer(device=str(device), dtype=args.features_dtype)
-    msm = MutualScoringDetector(device=str(device), precision=precision, algorithm=args.algorithm)
+    msm = MutualScoringDetector(device=str(device), matmul_precision=matmul_precision, algorithm=args.algorithm)
     rscin = RsCINRescorer()
     n = len(images)
     times = {}
@@ -100,7 +100,8 @@ def run(images, args):
         }
     return {**extra,
         "n_images": n, "device": str(device), "backbone": args.backbone, "image_size": vit.input_size_,
-        "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "precision": precision, "algorithm": args.algorithm,
+        "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "matmul_precision": matmul_precision,
+        "algorithm": args.algorithm,
         "features_dtype": args.features_dtype,
         "seconds": times, "total_s": total, "images_per_s": n / total, "ms_per_image": 1000 * total / n,
         "forward_s": forward, "msm_gflop": gflop, "matmul_gflops": rate, "msm_arith_s": gflop / rate,
@@ -112,7 +113,7 @@ def run(images, args):
 def report(r, stream=sys.stdout):
     s = r["seconds"]
     print(f"N={r['n_images']} {r['backbone']} @ {r['image_size']} on {r['device']} "
-          f"({r['precision']}, {r.get('algorithm', 'matmul')}, {r.get('features_dtype', 'float32')} features): "
+          f"({r['matmul_precision']}, {r.get('algorithm', 'matmul')}, {r.get('features_dtype', 'float32')} features): "
           f"{r['total_s']:.2f} s = {r['images_per_s']:.2f} images/s ({r['ms_per_image']:.1f} ms/image); "
           f"vit {s['vit']:.2f} s, lnamd {s['lnamd']:.2f} s, msm {s['msm']:.2f} s, rscin {s['rscin']:.3f} s; "
           f"bare forward {r['forward_s']:.2f} s + MSM arithmetic {r['msm_arith_s']:.2f} s "
@@ -141,7 +142,9 @@ def main(argv=None):
     parser.add_argument("--pretrained", default="none", help="tag, weights file, or 'none'")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
+    parser.add_argument("--matmul-precision", default="float32", choices=["float32", "tf32", "bfloat16"],
+                        help="MutualScoringDetector(matmul_precision=...); bfloat16 also runs the ViT under "
+                             "bfloat16 autocast")
     parser.add_argument("--algorithm", default="matmul", choices=["matmul", "fused"])
     parser.add_argument("--features-dtype", default="float32", choices=["float32", "float16"],
                         help="LNAMDTransformer(dtype=...): storage of the feature sets")
@@ -167,7 +170,7 @@ def main(argv=None):
         results.append(json.loads(out.split("RESULT ", 1)[1]))
         report(results[-1])
     for r in results:
-        if r["precision"] == "float32" and r.get("baseline_max_abs_diff", 0.0) > 1e-5:
+        if r["matmul_precision"] == "float32" and r.get("baseline_max_abs_diff", 0.0) > 1e-5:
             raise SystemExit(f"the baseline's scores differ by {r['baseline_max_abs_diff']:.2e} > 1e-5")
     if args.json:
         with open(args.json, "a") as f:

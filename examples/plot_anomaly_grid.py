@@ -29,10 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
 
-from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer,  # noqa: E402
-                          ViTPatchTransformer, maps_to_original)
+from sklearn_musc import make_musc_pipeline, maps_to_original  # noqa: E402
 from sklearn_musc.datasets import load_masks, load_mvtec, make_synthetic_defects  # noqa: E402
 from sklearn_musc.plotting import plot_anomaly_grid  # noqa: E402
 
@@ -100,14 +98,12 @@ def main(argv=None):
     else:
         print(f"{args.weights} is absent: the backbone is RANDOMLY INITIALISED")
         pretrained = None
-    pipe = Pipeline([
-        ("vit", ViTPatchTransformer(backbone="timm:vit_small_patch14_dinov2", pretrained=pretrained,
-                                    image_size=args.image_size, device=args.device,
-                                    progress=not args.no_progress, random_state=0)),
-        ("lnamd", LNAMDTransformer(device=args.device)),
-        ("msm", MutualScoringDetector(device=args.device)),
-        ("rscin", RsCINRescorer()),
-    ])
+    # the library's defaults with a small backbone (DINOv2 ViT-S/14), so that it runs on a CPU
+    pipe = make_musc_pipeline(
+        "default", vit__backbone="timm:vit_small_patch14_dinov2", vit__pretrained=pretrained,
+        vit__image_size=args.image_size, vit__device=args.device, vit__progress=not args.no_progress,
+        lnamd__device=args.device, msm__device=args.device,
+    )
     start = time.perf_counter()
     pipe.fit_predict(images)  # the whole batch: its images score each other
     msm, rscin = pipe["msm"], pipe["rscin"]

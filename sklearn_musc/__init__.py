@@ -4,13 +4,15 @@ A batch of unlabeled images of one product is turned into ViT patch tokens
 (:class:`ViTPatchTransformer`), aggregated over local neighbourhoods
 (:class:`LNAMDTransformer`), scored by the other images of the batch
 (:class:`MutualScoringDetector`) and the image scores refined with image-level
-neighbours (:class:`RsCINRescorer`).
+neighbours (:class:`RsCINRescorer`). :func:`make_musc_pipeline` builds the
+four steps with a named preset's settings (the paper's, per dataset).
 """
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
 from .features import ViTPatchTransformer
 from .preprocessing import ImageFiles, maps_to_original, masks_to_input, masks_to_original
+from .presets import available_presets, make_musc_pipeline
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
 
@@ -25,6 +27,8 @@ __all__ = [
     "PatchTokens",
     "RsCINRescorer",
     "ViTPatchTransformer",
+    "available_presets",
+    "make_musc_pipeline",
     "maps_to_original",
     "masks_to_input",
     "masks_to_original",

@@ -121,9 +121,9 @@ class Plan:
 
 
 @contextlib.contextmanager
-def _matmul_precision(precision, device):
+def _allow_tf32(matmul_precision, device):
     """TF32 products for this block of code only (CUDA's global switch)."""
-    if precision != "tf32" or device.type != "cuda":
+    if matmul_precision != "tf32" or device.type != "cuda":
         yield
         return
     previous = torch.backends.cuda.matmul.allow_tf32
@@ -155,8 +155,8 @@ def bf16_products_supported():
     return True
 
 
-def _product_fn(precision, device):
-    """``(load_dtype, rounding, product)`` for one precision on one device.
+def _product_fn(matmul_precision, device):
+    """``(load_dtype, rounding, product)`` for one matmul precision on one device.
 
     On CUDA the tensor cores do the rounding: TF32 under ``allow_tf32``, and
     bfloat16 inputs multiplied into float32 outputs (a bfloat16 output would
@@ -165,11 +165,11 @@ def _product_fn(precision, device):
     float32, so the numerical effect of a precision can be checked, and
     tested, on any machine.
     """
-    if device.type == "cuda" and precision == "bfloat16":
+    if device.type == "cuda" and matmul_precision == "bfloat16":
         return torch.bfloat16, None, lambda a, b: torch.mm(a, b.T, out_dtype=torch.float32)
     rounding = None
     if device.type != "cuda":
-        rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(precision)
+        rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(matmul_precision)
     return torch.float32, rounding, lambda a, b: a @ b.T
 
 
@@ -190,7 +190,7 @@ def _triangle(a0, a1):
             todo += [(a0, mid), (mid, a1)]
 
 
-def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
+def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"):
     """Best matches between every ordered pair of images of one feature set.
 
     Parameters
@@ -199,7 +199,7 @@ def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
         Unit-norm patch features, on the host or on ``plan.device``.
     plan : Plan
         Device, tile size and whether the features are moved at once.
-    precision : {"float32", "tf32", "bfloat16"}
+    matmul_precision : {"float32", "tf32", "bfloat16"}
         Inputs of the products; sums and maxima are float32 in every case.
         Off CUDA the input rounding of "tf32" and "bfloat16" is emulated.
     algorithm : {"matmul", "fused"}
@@ -216,7 +216,7 @@ def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
     """
     n, L, C = Z.shape
     device = plan.device
-    dtype, rounding, product = _product_fn(precision, device)
+    dtype, rounding, product = _product_fn(matmul_precision, device)
     flat = Z.reshape(n * L, C)
     if rounding is not None:
         flat = rounding(flat.float())
@@ -242,7 +242,7 @@ def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
 
         def fused(rows, cols, t0, t1, u0, u1):
             pairs = _msm_fused.all_pairs(t0, t1, u0, u1, device)
-            _msm_fused.launch(rows, cols, table, pairs, t0, u0, L, C, precision)
+            _msm_fused.launch(rows, cols, table, pairs, t0, u0, L, C, matmul_precision)
 
         if plan.resident:  # one launch for every pair i < j
             fused(flat, flat, 0, n, 0, n)
@@ -257,14 +257,14 @@ def max_similarity_table(Z, plan, precision="float32", algorithm="matmul"):
         table[t0:t1, :, u0:u1] = prod.amax(dim=3)
         table[u0:u1, :, t0:t1] = prod.amax(dim=1).permute(1, 2, 0)
 
-    with _matmul_precision(precision, device):
+    with _allow_tf32(matmul_precision, device):
         sweep(reduce)
     idx = torch.arange(n, device=device)
     table[idx, :, idx] = -math.inf
     return table
 
 
-def cross_similarity_table(Q, P, plan, precision="float32"):
+def cross_similarity_table(Q, P, plan, matmul_precision="float32"):
     """Best matches of new images ``Q`` in the pool images ``P`` (novelty scoring).
 
     Parameters
@@ -275,7 +275,7 @@ def cross_similarity_table(Q, P, plan, precision="float32"):
         Unit-norm patch features of the pool (the scorers).
     plan : Plan
         Made with ``n=m, n_cols=N``: device, tile size, residency.
-    precision : {"float32", "tf32", "bfloat16"}
+    matmul_precision : {"float32", "tf32", "bfloat16"}
         As in :func:`max_similarity_table`.
 
     Returns
@@ -288,7 +288,7 @@ def cross_similarity_table(Q, P, plan, precision="float32"):
     m, L, C = Q.shape
     N = P.shape[0]
     device = plan.device
-    dtype, rounding, product = _product_fn(precision, device)
+    dtype, rounding, product = _product_fn(matmul_precision, device)
     q, p = Q.reshape(m * L, C), P.reshape(N * L, C)
     if rounding is not None:
         q, p = rounding(q.float()), rounding(p.float())
@@ -300,7 +300,7 @@ def cross_similarity_table(Q, P, plan, precision="float32"):
     # Few new images (one part on a line): the tile's area goes to the pool's side
     # rather than to rows that do not exist, so a set is a few large products.
     cb = max(b, (b * b) // rb) if plan.resident else b
-    with _matmul_precision(precision, device):
+    with _allow_tf32(matmul_precision, device):
         for t0 in range(0, m, rb):  # a tile of new images against every tile of the pool
             t1 = min(m, t0 + rb)
             rows = q[t0 * L : t1 * L].to(device, dtype, non_blocking=True)
@@ -312,7 +312,7 @@ def cross_similarity_table(Q, P, plan, precision="float32"):
     return table
 
 
-def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
+def local_similarity_table(Z, grid, radius, P=None, matmul_precision="float32"):
     """Best matches within ``radius`` patches of the same grid position (aligned parts).
 
     ``table[i, p, j] = max Z[i, p] . S[j, q]`` over the positions ``q`` of
@@ -339,7 +339,7 @@ def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
     h, w = grid
     S = Z if P is None else P
     m = len(S)
-    rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(precision)
+    rounding = {"tf32": round_tf32, "bfloat16": round_bf16}.get(matmul_precision)
     A, B = (Z.float(), S.float()) if rounding is None else (rounding(Z.float()), rounding(S.float()))
     # positions first: one grid row of one offset is a contiguous batch of Gram matrices
     A = A.view(n, h, w, C).permute(1, 2, 0, 3).contiguous()  # (h, w, n, C)
@@ -348,7 +348,7 @@ def local_similarity_table(Z, grid, radius, P=None, precision="float32"):
     offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
     if P is None:  # (dy, dx) and (-dy, -dx) come from one product
         offsets = [(dy, dx) for dy, dx in offsets if (dy, dx) >= (0, 0)]
-    with _matmul_precision(precision if precision == "tf32" else "float32", Z.device):
+    with _allow_tf32(matmul_precision, Z.device):
         for dy, dx in offsets:
             x0, x1 = max(0, -dx), min(w, w - dx)  # columns p whose column + dx is on the grid
             if x0 >= x1:

@@ -46,17 +46,17 @@ def _load_set(part, where):
     return F.normalize(Z, dim=-1), Z.isfinite().all()
 
 
-def _table(Z, plan, precision, algorithm, radius, grid, P=None):
+def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None):
     """The best-match table of ``Z`` against itself (P None) or against ``P``."""
     if radius is not None:
         Z, P = Z.to(plan.device), None if P is None else P.to(plan.device)
-        return _msm.local_similarity_table(Z, grid, radius, P=P, precision=precision)
+        return _msm.local_similarity_table(Z, grid, radius, P=P, matmul_precision=matmul_precision)
     if P is None:
-        return _msm.max_similarity_table(Z, plan, precision, algorithm)
-    return _msm.cross_similarity_table(Z, P, plan, precision)
+        return _msm.max_similarity_table(Z, plan, matmul_precision, algorithm)
+    return _msm.cross_similarity_table(Z, P, plan, matmul_precision)
 
 
-def score_batch(features, rows, set_ids, k_bounds, device, budget, precision, algorithm,
+def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precision, algorithm,
                 radius=None, references=None):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
@@ -82,11 +82,11 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, precision, al
         for s in set_ids:
             Z, ok = _load_set(features[:, s] if rows is None else features[rows, s], where)
             finite &= ok
-            table = _table(Z, plan, precision, algorithm, radius, (h, w))
+            table = _table(Z, plan, matmul_precision, algorithm, radius, (h, w))
             if n_refs:
                 R, ok = _load_set(references[:, s], where)
                 finite &= ok
-                table = torch.cat([table, _table(Z, plan, precision, algorithm, radius, (h, w), R)], dim=2)
+                table = torch.cat([table, _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R)], dim=2)
             scores[:, s] = _msm.interval_average(table, *k_bounds)
             del table
         if not bool(finite):  # NaN scores are refused, not returned
@@ -133,7 +133,7 @@ def prepare_pool(features):
     return sets, inv_norms
 
 
-def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, precision, radius=None):
+def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, matmul_precision, radius=None):
     """The ``k_max`` best matches of each new patch among the pool's images.
 
     Parameters
@@ -168,7 +168,7 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, pre
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok
-                table = _table(Q, plan, precision, "matmul", radius, (h, w), P)
+                table = _table(Q, plan, matmul_precision, "matmul", radius, (h, w), P)
                 best[c0 : c0 + len(Q), s] = torch.topk(table, keep, dim=2, sorted=True).values
                 del table
         if not bool(finite):

@@ -13,8 +13,9 @@ once.
 Triton is optional (CUDA builds of torch bring it). In a process started
 with ``TRITON_INTERPRET=1`` (Triton fixes the mode when it is imported) the
 same kernel runs on CPU tensors in Triton's interpreter, which is how the
-tests check it on machines without a GPU; :func:`compile_for` builds it for
-a GPU architecture without one, to check what the compiler makes of it.
+tests check it on machines without a GPU. ``tools/inspect_fused.py`` (a
+developer tool, not shipped) compiles it for a GPU architecture without one,
+to check what the compiler makes of it.
 """
 
 # Annotations stay strings: Triton reads "tl.constexpr" from them, and the
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import subprocess
-import tempfile
 
 import torch
 
@@ -38,7 +37,7 @@ except ImportError:  # CPU-only torch builds: the "matmul" algorithm only
 # cores (tf32, bfloat16): the usual Hopper/Ampere matmul shapes; a shape
 # over the shared memory of the GPU is discarded by Triton itself. float32
 # runs on the CUDA cores, whose accumulators need smaller blocks to stay in
-# registers (larger ones spill, as compile_for shows).
+# registers (larger ones spill, as tools/inspect_fused.py shows).
 CONFIGS = {
     "tensor_cores": (
         (128, 256, 64, 8, 3),
@@ -54,8 +53,6 @@ CONFIGS = {
         (64, 64, 32, 4, 3),
     ),
 }
-# Shared memory one block may use, bytes, by compute capability
-SHARED_MEMORY = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 # Small blocks under the interpreter: every mask path is exercised on tiny inputs.
 _INTERPRET_BLOCK = (16, 16, 16)
 
@@ -149,12 +146,12 @@ def _kernel(configs=None):
     return _kernels[configs]
 
 
-def launch(A, B, T, pairs, a_off, b_off, L, C, precision):
+def launch(A, B, T, pairs, a_off, b_off, L, C, matmul_precision):
     """Fold the maxima of ``A[ia] . B[jb]`` for every pair ``(ia, jb)`` into ``T``.
 
     ``pairs`` is an int32 tensor of shape (2, n_pairs) on the tensors' device.
     """
-    prec = "tf32" if precision == "tf32" and A.is_cuda else "ieee"
+    prec = "tf32" if matmul_precision == "tf32" and A.is_cuda else "ieee"
     args = (A, B, T, pairs[0], pairs[1], a_off, b_off, T.shape[0], L)
     n_pairs = pairs.shape[1]
     if interpreting():
@@ -163,49 +160,9 @@ def launch(A, B, T, pairs, a_off, b_off, L, C, precision):
         _kernel()[grid](*args, C=C, BM=bm, BN=bn, BK=bk, PREC=prec)
     else:
         grid = lambda meta: (n_pairs * triton.cdiv(L, meta["BM"]) * triton.cdiv(L, meta["BN"]),)  # noqa: E731
-        configs = "float32" if precision == "float32" else "tensor_cores"
+        configs = "float32" if matmul_precision == "float32" else "tensor_cores"
         # fp fusion named: no multiply-add here for it to change, and Triton 3.9 warns when it is not
         _kernel(configs)[grid](*args, C=C, PREC=prec, enable_fp_fusion=True)
-
-
-def compile_for(arch, precision, block, C=1024):
-    """Compile the kernel for an NVIDIA architecture (e.g. 90) without a GPU.
-
-    Returns Triton's compiled kernel (``.asm`` holds "ptx" and "cubin",
-    ``.metadata`` the shared memory and registers), so what the compiler
-    makes of the kernel (tensor-core instructions, spills) can be checked on
-    any machine with Triton's bundled ``ptxas``.
-    """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    bm, bn, bk, warps, stages = block
-    dtype = "*bf16" if precision == "bfloat16" else "*fp32"
-    signature = {"A": dtype, "B": dtype, "T": "*fp32", "IA": "*i32", "JB": "*i32"}
-    signature.update(dict.fromkeys(("a_off", "b_off", "n_table", "L"), "i32"))
-    constants = {"C": C, "BM": bm, "BN": bn, "BK": bk, "PREC": "tf32" if precision == "tf32" else "ieee"}
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    kernel = _kernel()
-    # As at run time for torch's allocations: pointers 16-byte aligned
-    aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in "A B T IA JB".split()}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned)
-    return triton.compile(
-        source,
-        target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True},
-    )
-
-
-def machine_code(kernel):
-    """(SASS, resource usage) of a kernel from :func:`compile_for`, by Triton's cuobjdump."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        return tuple(
-            subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
-            for flag in ("-sass", "-res-usage")
-        )
 
 
 def all_pairs(a0, a1, b0, b1, device):

@@ -25,15 +25,17 @@ import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from . import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, __version__
+from . import ViTPatchTransformer, __version__
 from ._backbones import _check_weights_path, _weights_format, resolve_backbone
 from ._device import resolve_device
 from ._inputs import InputError, check_readable, collect_images, display_name
 from ._outputs import OutputFolder, ScoreResults, output_names
 from ._validation import check_contamination, check_int_list, check_size
 from .preprocessing import IMAGE_SUFFIXES, ImageFiles, maps_to_original
+from .presets import PRESETS, STEPS, make_musc_pipeline, pretrained_from_options
 
 DEMO_BACKBONE = "timm:vit_small_patch14_dinov2.lvd142m"
+PRESET = PRESETS["default"]  # the model options' defaults (the demo has its own backbone and size)
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -92,8 +94,10 @@ def _add_model_options(parser, *, backbone, image_size):
     g.add_argument("--weights", type=Path, default=None, help="local weights file (offline); overrides --pretrained")
     g.add_argument("--image-size", type=_image_size, default=image_size, help="N or HxW (default %(default)s)")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="0-based blocks (default: 4 stage ends)")
-    g.add_argument("--r-list", type=int, nargs="+", default=[1, 3, 5], help="LNAMD degrees (odd)")
-    g.add_argument("--k-list", type=int, nargs="+", default=[1, 2, 3], help="RsCIN windows (>= 1)")
+    g.add_argument("--r-list", type=int, nargs="+", default=list(PRESET["lnamd__r_list"]),
+                   help="LNAMD degrees (odd)")
+    g.add_argument("--k-list", type=int, nargs="+", default=list(PRESET["rscin__k_list"]),
+                   help="RsCIN windows (>= 1)")
     g.add_argument("--contamination", type=_contamination, default="auto", help="'auto' or a share in (0, 0.5]")
     g.add_argument("--max-subset-size", type=int, default=None, help="score random subsets of at most this size")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -105,24 +109,24 @@ def _add_model_options(parser, *, backbone, image_size):
 
 
 def build_pipeline(args, pretrained, novelty=False):
-    """The MuSc pipeline from the command-line options (``novelty``: a model for ``fit``)."""
-    return Pipeline([
-        ("vit", ViTPatchTransformer(
-            backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
-            layers=args.layers, device=args.device, batch_size=args.batch_size,
-            progress=not args.no_progress, random_state=0)),
-        ("lnamd", LNAMDTransformer(r_list=tuple(args.r_list), device=args.device,
-                                   dtype=getattr(args, "features_dtype", "float32"))),
-        ("msm", MutualScoringDetector(contamination=args.contamination, device=args.device,
-                                      max_subset_size=args.max_subset_size, random_state=0, novelty=novelty)),
-        ("rscin", RsCINRescorer(k_list=tuple(args.k_list), contamination=args.contamination, novelty=novelty)),
-    ])
+    """The "default" preset with the command-line options (``novelty``: a model for ``fit``)."""
+    return make_musc_pipeline(
+        "default",
+        vit__backbone=args.backbone, vit__pretrained=pretrained, vit__image_size=args.image_size,
+        vit__layers=args.layers, vit__device=args.device, vit__batch_size=args.batch_size,
+        vit__progress=not args.no_progress,
+        lnamd__r_list=tuple(args.r_list), lnamd__device=args.device,
+        lnamd__dtype=getattr(args, "features_dtype", "float32"),
+        msm__contamination=args.contamination, msm__device=args.device,
+        msm__max_subset_size=args.max_subset_size, msm__novelty=novelty,
+        rscin__k_list=tuple(args.k_list), rscin__contamination=args.contamination, rscin__novelty=novelty,
+    )
 
 
 # the options that define a model: fixed by --model, so refused beside it
 MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "r_list", "k_list",
                  "contamination", "max_subset_size")
-MODEL_STEPS = ["vit", "lnamd", "msm", "rscin"]
+MODEL_STEPS = list(STEPS)
 
 
 def _stage(text):
@@ -222,11 +226,7 @@ def collect_inputs(args, targets, minimum=2):
 
 def _pretrained(args):
     """--weights FILE, else --pretrained TAG ('none': random init), else the backbone's default tag."""
-    if args.weights is not None:
-        return str(args.weights)
-    if args.pretrained is None:
-        return True
-    return None if args.pretrained.lower() == "none" else args.pretrained
+    return pretrained_from_options(args.pretrained, args.weights)
 
 
 def _hub_reachable(host="huggingface.co", timeout=5.0):
@@ -556,7 +556,7 @@ def build_parser():
     score.add_argument("--skip-unreadable", action="store_true",
                        help="leave out images that cannot be read (listed on stderr and in summary.json) "
                             "instead of stopping")
-    _add_model_options(score, backbone="open_clip:ViT-L-14-336", image_size=518)
+    _add_model_options(score, backbone=PRESET["vit__backbone"], image_size=PRESET["vit__image_size"])
     score.set_defaults(model_defaults={o: score.get_default(o) for o in MODEL_OPTIONS})
     fit = sub.add_parser(
         "fit", help="make a model from reference images (a pool that scores new images) and save it",
@@ -572,7 +572,7 @@ def build_parser():
                      help="storage of the pool's features: float16 halves the model file "
                           "(scores move by about 2e-5)")
     fit.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    _add_model_options(fit, backbone="open_clip:ViT-L-14-336", image_size=518)
+    _add_model_options(fit, backbone=PRESET["vit__backbone"], image_size=PRESET["vit__image_size"])
     demo = sub.add_parser("demo", help="generate a small synthetic batch with defects and score it",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", default="musc-demo",

@@ -23,7 +23,7 @@ from .preprocessing import as_image_list, load_image, maps_to_original, masks_to
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
 
 _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_TOKEN_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
+_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
 
 def default_layers(n_blocks):
@@ -121,12 +121,14 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     precision : {"float32", "float16", "bfloat16"}, default="float32"
         Compute precision of the forward pass; the half precisions use CUDA
         autocast (float32 weights, half-precision matrix products) and need a
-        CUDA device.
+        CUDA device. (``MutualScoringDetector(matmul_precision=...)`` is the
+        rounding of the scoring's products, a separate setting.)
     batch_size : int, default=8
         Images per forward pass. Images are decoded batch by batch (the next
         batch while the current one runs), never all at once.
-    token_dtype : {"float16", "float32"}, default="float16"
-        Storage type of the returned tokens (embeddings are always float32).
+    dtype : {"float16", "float32"}, default="float16"
+        Storage type of the returned tokens (embeddings are always float32),
+        as ``LNAMDTransformer(dtype=...)`` for the feature sets.
     progress : bool, default=True
         Show a progress bar over the forward batches (only when there is more
         than one batch).
@@ -204,7 +206,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "device": [DEVICE],
         "precision": [Options(*_PRECISIONS)],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "token_dtype": [Options(*_TOKEN_DTYPES)],
+        "dtype": [Options(*_DTYPES)],
         "progress": ["boolean"],
         "random_state": [None, "random_state"],
     }
@@ -220,7 +222,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         device="auto",
         precision="float32",
         batch_size=8,
-        token_dtype="float16",
+        dtype="float16",
         progress=True,
         random_state=None,
     ):
@@ -232,7 +234,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
-        self.token_dtype = token_dtype
+        self.dtype = dtype
         self.progress = progress
         self.random_state = random_state
 
@@ -338,7 +340,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         -------
         tokens : PatchTokens
             ``tokens.tokens`` of shape (n_images, n_layers, grid_h, grid_w, dim)
-            in ``token_dtype``; ``tokens.embeddings`` (n_images, embed_dim)
+            in ``dtype``; ``tokens.embeddings`` (n_images, embed_dim)
             float32, unit norm; plus ``input_size``, ``original_sizes``,
             ``layers`` and ``sources``.
         """
@@ -346,7 +348,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         items, sources = as_image_list(X)
         backbone = self._get_backbone()
         n, (gh, gw) = len(items), self.grid_size_
-        torch_dtype, np_dtype = _TOKEN_DTYPES[self.token_dtype]
+        torch_dtype, np_dtype = _DTYPES[self.dtype]
         tokens = np.empty((n, len(self.layers_), gh, gw, self.token_dim_), dtype=np_dtype)
         embeddings = np.empty((n, self.embed_dim_), dtype=np.float32)
         original_sizes = [None] * n
@@ -405,7 +407,7 @@ def _to_storage(batch, dtype, sources):
     stored = batch.to(dtype)
     if not bool(torch.isfinite(stored).all()):
         if bool(torch.isfinite(batch).all()):
-            raise ValueError("patch tokens overflow float16; use token_dtype='float32'")
+            raise ValueError("patch tokens overflow float16; use dtype='float32'")
         raise ValueError(
             f"the backbone produced NaN or infinite tokens for a batch starting with {sources[0]}"
             " (with precision='float16', try 'bfloat16' or 'float32')"

@@ -107,8 +107,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         at most 32 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
         is refused with a ``MemoryError`` that proposes a subset size. With
         ``n_jobs > 1``, each concurrently scored subset has this budget.
-    precision : {"float32", "tf32", "bfloat16"}, default="float32"
-        Inputs of the matrix products. "float32" is exact (to float32
+    matmul_precision : {"float32", "tf32", "bfloat16"}, default="float32"
+        Rounding of the inputs of the matrix products. "float32" is exact (to float32
         rounding). On CUDA, "tf32" (10-bit mantissa) and "bfloat16" (8-bit
         mantissa) inputs run on tensor cores several times faster; sums,
         maxima and distances stay float32; "bfloat16" needs torch >= 2.8.
@@ -217,7 +217,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         n_jobs=None,
         device="auto",
         memory_budget=None,
-        precision="float32",
+        matmul_precision="float32",
         algorithm="matmul",
     ):
         self.topmin_min = topmin_min
@@ -233,7 +233,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.device = device
         self.memory_budget = memory_budget
-        self.precision = precision
+        self.matmul_precision = matmul_precision
         self.algorithm = algorithm
 
     _parameter_constraints = {
@@ -250,7 +250,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         "n_jobs": [None, Interval(numbers.Integral, None, None)],
         "device": [DEVICE],
         "memory_budget": [None, Interval(numbers.Integral, 1, None, closed="left")],
-        "precision": [Options(*_msm.PRECISIONS)],
+        "matmul_precision": [Options(*_msm.PRECISIONS)],
         "algorithm": [Options(*_msm.ALGORITHMS)],
     }
 
@@ -312,13 +312,15 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.device_ = resolve_device(self.device)
         if n + n_refs < 2:  # a pool of one image (a golden sample): it scores, it is not scored
             return self._fit_one_image_pool(X)
-        if self.precision == "bfloat16" and not _msm.bf16_products_supported():
+        if self.matmul_precision == "bfloat16" and not _msm.bf16_products_supported():
             raise ValueError(
-                f"precision='bfloat16' needs torch >= 2.8 (bfloat16 products with float32 "
+                f"matmul_precision='bfloat16' needs torch >= 2.8 (bfloat16 products with float32 "
                 f"outputs); this is torch {torch.__version__}: use 'tf32' or upgrade torch"
             )
-        if self.precision != "float32" and self.device_.type != "cuda":
-            raise ValueError(f"precision={self.precision!r} needs a CUDA device; the CPU computes in float32")
+        if self.matmul_precision != "float32" and self.device_.type != "cuda":
+            raise ValueError(
+                f"matmul_precision={self.matmul_precision!r} needs a CUDA device; the CPU computes in float32"
+            )
         if self.algorithm == "fused" and (reason := _msm_fused.unavailable_reason(self.device_)):
             raise ValueError(reason)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
@@ -333,7 +335,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 self._bounds(len(idx) + n_refs),
                 self.device_,
                 budget,
-                self.precision,
+                self.matmul_precision,
                 self.algorithm,
                 self.radius,
                 None if refs is None else refs.features,
@@ -604,7 +606,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             delayed(_msm_batch.pool_best_matches)(
                 X.features[c], self._pool_sets[:, p],
                 None if self._pool_inv_norms is None else self._pool_inv_norms[:, p], k_bounds[1],
-                device, budget, self.precision, self.radius,
+                device, budget, self.matmul_precision, self.radius,
             )
             for c in chunks
             for p in parts

@@ -209,7 +209,7 @@ def test_numpy_batch_size_runs(rng):
         (MutualScoringDetector(novelty="yes"), r"^novelty must be True or False, got 'yes'$"),
         (MutualScoringDetector(random_state="0"), "^random_state must be None, an int or a numpy"),
         (MutualScoringDetector(device="gpu"), "^device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
-        (MutualScoringDetector(precision="float16"), "^precision must be one of 'float32', "),
+        (MutualScoringDetector(matmul_precision="float16"), "^matmul_precision must be one of 'float32', "),
         (LNAMDTransformer(batch_size=2.0), r"^batch_size must be an int >= 1, got 2\.0$"),
         (LNAMDTransformer(r_list=(1, 2)), r"^r_list must be a non-empty sequence of odd ints >= 1, got \(1, 2\)$"),
         (LNAMDTransformer(dtype="float64"), "^dtype must be 'float32' or 'float16', got 'float64'$"),
@@ -242,7 +242,7 @@ def test_pickled_vit_finds_relative_weights_from_another_directory(tmp_path, mon
     images = np.random.default_rng(0).integers(0, 256, (3, 30, 34, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     monkeypatch.chdir(weights)
-    settings = dict(TINY_VIT, image_size=56, pretrained="tiny.safetensors", token_dtype="float32")
+    settings = dict(TINY_VIT, image_size=56, pretrained="tiny.safetensors", dtype="float32")
     vit = ViTPatchTransformer(**settings).fit()
     pipe = Pipeline([("vit", vit), ("lnamd", LNAMDTransformer(device="cpu")),
                      ("msm", MutualScoringDetector(novelty=True, device="cpu"))]).fit(images[:2])

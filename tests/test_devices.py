@@ -34,7 +34,7 @@ def test_bfloat16_products_need_a_recent_torch(rng, monkeypatch):
     monkeypatch.setattr(_msm, "bf16_products_supported", lambda: False)
     feats = np.abs(rng.normal(size=(4, 1, 3, 3, 8)))
     with pytest.raises(ValueError, match=r"torch >= 2\.8"):
-        MutualScoringDetector(device=DEVICES[-1], precision="bfloat16").fit(feats)
+        MutualScoringDetector(device=DEVICES[-1], matmul_precision="bfloat16").fit(feats)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -77,7 +77,7 @@ def _vit(device, precision="float32"):
     return ViTPatchTransformer(
         backbone="timm:vit_small_patch14_dinov2", pretrained=None, image_size=56,
         backbone_kwargs=dict(depth=4, embed_dim=64, num_heads=2), device=device,
-        precision=precision, progress=False, token_dtype="float32", random_state=0,
+        precision=precision, progress=False, dtype="float32", random_state=0,
     ).fit()
 
 

@@ -34,7 +34,7 @@ def tiny(backbone=TIMM, image_size=56, **params):
     params.setdefault("pretrained", None)
     params.setdefault("device", "cpu")
     params.setdefault("progress", False)
-    params.setdefault("token_dtype", "float32")
+    params.setdefault("dtype", "float32")
     return ViTPatchTransformer(backbone=backbone, image_size=image_size, **params)
 
 
@@ -164,10 +164,10 @@ def test_default_layers_are_the_stage_ends():
     assert tiny(CLIP, 32, backbone_kwargs=clip24).fit().layers_ == (5, 11, 17, 23)
 
 
-def test_batching_and_token_dtype(images):
+def test_batching_and_dtype(images):
     whole = tiny(batch_size=8).fit()
     state = whole.model_.state_dict()
-    one = tiny(batch_size=1, token_dtype="float16", progress=True).fit()
+    one = tiny(batch_size=1, dtype="float16", progress=True).fit()
     one.model_.load_state_dict(state)
     a, b = whole.transform(images), one.transform(images)
     assert b.tokens.dtype == np.float16
@@ -416,7 +416,7 @@ def test_sklearn_contract(images):
         (dict(image_size=(56, 56, 3)), "image_size"),
         (dict(precision="float64"), "precision"),
         (dict(precision="float16"), "CUDA"),
-        (dict(token_dtype="int8"), "token_dtype"),
+        (dict(dtype="int8"), "dtype"),
         (dict(batch_size=0), "batch_size"),
         (dict(backbone_kwargs=[1]), "backbone_kwargs"),
         (dict(backbone_kwargs=dict(no_such_option=1)), "backbone_kwargs"),

@@ -5,14 +5,17 @@ the same kernel source, its index arithmetic, masks and atomic maxima.
 Triton fixes that mode when it is imported, so those checks run in a child
 process started with it (:func:`run_on`). What the compiler makes of it for a GPU (tensor-core instructions,
 no register spills, shared memory) is checked by compiling it for sm_80 and
-sm_90 with Triton's own ptxas, which needs no GPU either. On a machine with
-CUDA the compiled kernel runs too.
+sm_90 with Triton's own ptxas, which needs no GPU either (the helpers of the
+developer tool ``tools/inspect_fused.py``). On a machine with CUDA the
+compiled kernel runs too.
 """
 
+import importlib.util
 import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,16 @@ from sklearn_musc import LNAMDTransformer, MutualScoringDetector, _msm, _msm_fus
 triton = pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+INSPECT_FUSED = Path(__file__).resolve().parents[1] / "tools" / "inspect_fused.py"
+
+
+@pytest.fixture(scope="module")
+def inspect_fused():
+    """``tools/inspect_fused.py``: compiles the kernel for a GPU and reads its machine code."""
+    spec = importlib.util.spec_from_file_location("inspect_fused", INSPECT_FUSED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +165,15 @@ def _count(sass, op):
         (90, "float32", "float32", "FFMA"),
     ],
 )
-def test_compiled_kernel_uses_the_right_units_and_does_not_spill(arch, precision, configs, instruction):
+def test_compiled_kernel_uses_the_right_units_and_does_not_spill(inspect_fused, arch, precision, configs,
+                                                                  instruction):
     fitting, spilling = 0, []
     for block in _msm_fused.CONFIGS[configs]:
-        kernel = _msm_fused.compile_for(arch, precision, block)
-        if kernel.metadata.shared > _msm_fused.SHARED_MEMORY[arch]:
+        kernel = inspect_fused.compile_for(arch, precision, block)
+        if kernel.metadata.shared > inspect_fused.SHARED_MEMORY[arch]:
             continue  # the autotuner drops this shape for this precision at run time
         fitting += 1
-        sass, _ = _msm_fused.machine_code(kernel)
+        sass, _ = inspect_fused.machine_code(kernel)
         assert _count(sass, instruction) > 0, block
         if _count(sass, "LDL") + _count(sass, "STL"):
             spilling.append(block)

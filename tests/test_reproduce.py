@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py on a tiny synthetic MVTec-layout root with a tiny random ViT."""
+"""reproduction/reproduce.py on a tiny synthetic MVTec-layout root with a tiny random ViT."""
 
 import csv
 import importlib.util
@@ -10,7 +10,7 @@ import pytest
 
 from sklearn_musc.datasets import save_synthetic_defects
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "reproduce.py"
 COLUMNS = ["category", "image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap",
            "pro", "image_auroc_msm"]
 

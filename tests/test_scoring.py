@@ -241,8 +241,8 @@ def test_transductive_transform_never_returns_a_fitted_batch(rng):
         ({"n_subsets": 3}, "subsets of 2 images"),
         ({"max_subset_size": 1}, "max_subset_size"),
         ({"device": "tpu"}, "device"),
-        ({"precision": "float16"}, "precision"),
-        ({"precision": "bfloat16"}, "needs a CUDA device"),
+        ({"matmul_precision": "float16"}, "matmul_precision"),
+        ({"matmul_precision": "bfloat16"}, "needs a CUDA device"),
         ({"memory_budget": -1}, "memory_budget"),
     ],
 )

@@ -7,15 +7,15 @@
 # MSM both as torch products ("matmul") and as the fused Triton kernel ("fused").
 # Logs and JSON lines go to $OUT (the device tool brings that folder back).
 #
-#   bash benchmarks/gpu_check.sh [tests] [msm] [pipeline]   # default: all three
-#   QUICK=1 DEVICE=cpu bash benchmarks/gpu_check.sh         # small sizes: checks the script itself
+#   bash tools/gpu_check.sh [tests] [msm] [pipeline]   # default: all three
+#   QUICK=1 DEVICE=cpu bash tools/gpu_check.sh         # small sizes: checks the script itself
 #
 # open_clip is not on the GPU image and the GPU machine has no network: fetch
 # its wheels here first (.whl/ is git-ignored) and carry them with the call:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl open_clip_torch ftfy wcwidth
-#   device run: command "bash benchmarks/gpu_check.sh tests msm", carry [".whl"]
-#   device run: command "bash benchmarks/gpu_check.sh pipeline", carry [".whl"]
+#   device run: command "bash tools/gpu_check.sh tests msm", carry [".whl"]
+#   device run: command "bash tools/gpu_check.sh pipeline", carry [".whl"]
 # Two calls, because one call may run 10 minutes: the pipeline stage makes 200
 # synthetic 518 px images per precision (about 40 s of CPU each) and times the
 # reference's structure (float32, about 1.8 PFLOP) once, beside bfloat16.
@@ -49,7 +49,7 @@ if [[ $stages == *msm* ]]; then
         for algorithm in fused matmul; do
             # reduced precisions and the Triton kernel are CUDA's
             [[ $DEVICE == cpu && ($precision != float32 || $algorithm == fused) ]] && continue
-            python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --precision "$precision" \
+            python3 benchmarks/bench_msm.py "${size[@]}" --device "$DEVICE" --matmul-precision "$precision" \
                 --algorithm "$algorithm" --repeat 3 2>&1 | tee -a "$OUT/msm.log" || status=1
         done
     done
@@ -71,7 +71,7 @@ if [[ $stages == *pipeline* ]]; then
             baseline=--baseline
         fi
         python3 benchmarks/bench_pipeline.py "${model[@]}" --pretrained none --device "$DEVICE" \
-            --precision "$precision" --algorithm "$algorithm" --features-dtype "$storage" $baseline \
+            --matmul-precision "$precision" --algorithm "$algorithm" --features-dtype "$storage" $baseline \
             --json "$OUT/pipeline.jsonl" 2>&1 | tee -a "$OUT/pipeline.log" || status=1
     done
 fi

@@ -6,9 +6,9 @@ RsCIN scores (plus the image AUROC of the MSM scores before RsCIN), pixel
 metrics on the MSM maps against the masks resized and cropped like the images.
 
     # the paper's setting (open_clip ViT-L-14-336, "openai" weights, 518 px), on a GPU
-    python benchmarks/reproduce.py --dataset mvtec --data-root /data/mvtec_ad --out /tmp/musc-mvtec
+    python reproduction/reproduce.py --dataset mvtec --data-root /data/mvtec_ad --out /tmp/musc-mvtec
     # a small CPU run with the shared DINOv2 ViT-S/14 weights
-    python benchmarks/reproduce.py --dataset mvtec --data-root ../shared/data/mvtec_ad_lowres \\
+    python reproduction/reproduce.py --dataset mvtec --data-root ../shared/data/mvtec_ad_lowres \\
         --backbone timm:vit_small_patch14_dinov2 \\
         --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors \\
         --image-size 224 --device cpu --categories bottle toothbrush --out /tmp/musc-lowres
@@ -29,16 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.pipeline import Pipeline
 
-from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer,
-                          masks_to_input)
+from sklearn_musc import make_musc_pipeline, masks_to_input
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
 from sklearn_musc.datasets import list_categories, load_btad, load_masks, load_mvtec, load_visa
 from sklearn_musc.metrics import evaluate, image_auroc
+from sklearn_musc.presets import PRESETS, pretrained_from_options
 
 LOADERS = {"mvtec": load_mvtec, "visa": load_visa, "btad": load_btad}
-DEFAULT_K_LIST = {"mvtec": [1, 2, 3], "visa": [1, 8, 9], "btad": [1, 2, 3]}  # as the reference code
 COLUMNS = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap", "pro",
            "image_auroc_msm"]
 HEADERS = ["image AUROC", "image F1-max", "image AP", "pixel AUROC", "pixel F1-max", "pixel AP", "PRO",
@@ -55,19 +53,29 @@ PAPER_MEANS = {
 }
 
 
+def preset_of(dataset):
+    """The paper's settings on ``dataset`` (sklearn_musc.presets)."""
+    return PRESETS[f"paper-{dataset}"]
+
+
+# option -> the preset's parameter that is its default
+PRESET_DEFAULTS = {"backbone": "vit__backbone", "image_size": "vit__image_size", "r_list": "lnamd__r_list",
+                   "k_list": "rscin__k_list", "topmin_max": "msm__topmin_max"}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=sorted(LOADERS), default="mvtec")
     p.add_argument("--data-root", required=True, help="the dataset root (one folder per category)")
-    p.add_argument("--backbone", default="open_clip:ViT-L-14-336", help="open_clip:NAME or timm:NAME")
+    p.add_argument("--backbone", default=None, help="open_clip:NAME or timm:NAME (default: the paper's)")
     p.add_argument("--pretrained", default=None,
                    help="pretrained tag (default: the backbone's own), or 'none' for random weights")
     p.add_argument("--weights", default=None, help="local weights file; overrides --pretrained")
-    p.add_argument("--image-size", type=int, default=518)
-    p.add_argument("--r-list", type=int, nargs="+", default=[1, 3, 5], help="LNAMD degrees")
+    p.add_argument("--image-size", type=int, default=None, help="default: the paper's (518)")
+    p.add_argument("--r-list", type=int, nargs="+", default=None, help="LNAMD degrees (default 1 3 5)")
     p.add_argument("--k-list", type=int, nargs="+", default=None,
-                   help="RsCIN windows (default 1 2 3 for mvtec and btad, 1 8 9 for visa)")
-    p.add_argument("--topmin-max", type=float, default=0.3)
+                   help="RsCIN windows (default the dataset's preset: 1 2 3 for mvtec and btad, 1 8 9 for visa)")
+    p.add_argument("--topmin-max", type=float, default=None, help="default 0.3")
     p.add_argument("--max-subset-size", type=int, default=None, help="MSM subsets of at most this size")
     p.add_argument("--n-subsets", type=int, default=1, help="MSM subsets (default 1: the whole batch)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -78,18 +86,17 @@ def parse_args(argv):
     p.add_argument("--backbone-kwargs", type=json.loads, default=None,
                    help='advanced: JSON architecture overrides, e.g. \'{"depth": 4}\' (for tests)')
     args = p.parse_args(argv)
-    if args.k_list is None:
-        args.k_list = DEFAULT_K_LIST[args.dataset]
+    preset = preset_of(args.dataset)
+    for option, param in PRESET_DEFAULTS.items():
+        if getattr(args, option) is None:
+            value = preset[param]
+            setattr(args, option, list(value) if isinstance(value, tuple) else value)
     return args
 
 
 def pretrained_arg(args):
     """The ViTPatchTransformer ``pretrained`` value: a file, a tag, True (the default) or None."""
-    if args.weights is not None:
-        return str(Path(args.weights).resolve())
-    if args.pretrained is None:
-        return True
-    return None if args.pretrained.lower() == "none" else args.pretrained
+    return pretrained_from_options(args.pretrained, args.weights)
 
 
 def settings_of(args):
@@ -111,24 +118,29 @@ def settings_of(args):
 
 
 def is_paper_setting(s):
-    return (s["dataset"] in PAPER_MEANS and s["backbone"] == "open_clip:ViT-L-14-336"
-            and s["weights"] == "tag openai" and s["backbone_kwargs"] is None and s["image_size"] == 518
-            and s["r_list"] == [1, 3, 5] and s["k_list"] == DEFAULT_K_LIST[s["dataset"]]
-            and s["topmin_max"] == 0.3 and s["max_subset_size"] is None and s["n_subsets"] == 1)
+    """Whether the settings are the paper's preset for a dataset with published means."""
+    if s["dataset"] not in PAPER_MEANS:
+        return False
+    paper = preset_of(s["dataset"])
+    return (s["backbone"] == paper["vit__backbone"] and s["weights"] == f"tag {paper['vit__pretrained']}"
+            and s["backbone_kwargs"] is None and s["image_size"] == paper["vit__image_size"]
+            and s["r_list"] == list(paper["lnamd__r_list"]) and s["k_list"] == list(paper["rscin__k_list"])
+            and s["topmin_max"] == paper["msm__topmin_max"] and s["max_subset_size"] is None
+            and s["n_subsets"] == 1)
 
 
 def build_pipeline(args):
-    return Pipeline([
-        ("vit", ViTPatchTransformer(
-            backbone=args.backbone, pretrained=pretrained_arg(args), image_size=args.image_size,
-            backbone_kwargs=args.backbone_kwargs, device=args.device, batch_size=args.batch_size,
-            progress=not args.no_progress, random_state=0)),
-        ("lnamd", LNAMDTransformer(r_list=tuple(args.r_list), device=args.device)),
-        ("msm", MutualScoringDetector(topmin_max=args.topmin_max, n_subsets=args.n_subsets,
-                                      max_subset_size=args.max_subset_size, device=args.device,
-                                      random_state=0)),
-        ("rscin", RsCINRescorer(k_list=tuple(args.k_list))),
-    ])
+    """The dataset's paper preset with the command-line options."""
+    return make_musc_pipeline(
+        f"paper-{args.dataset}",
+        vit__backbone=args.backbone, vit__pretrained=pretrained_arg(args), vit__image_size=args.image_size,
+        vit__backbone_kwargs=args.backbone_kwargs, vit__device=args.device, vit__batch_size=args.batch_size,
+        vit__progress=not args.no_progress,
+        lnamd__r_list=tuple(args.r_list), lnamd__device=args.device,
+        msm__topmin_max=args.topmin_max, msm__n_subsets=args.n_subsets,
+        msm__max_subset_size=args.max_subset_size, msm__device=args.device,
+        rscin__k_list=tuple(args.k_list),
+    )
 
 
 def masks_at_input(bunch, input_size):
