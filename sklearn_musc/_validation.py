@@ -23,7 +23,7 @@ def check_contamination(contamination):
 
 
 def check_int_list(values, name, *, minimum=1, odd=False):
-    """Validate a non-empty sequence of ints (``r_list``, ``k_list``)."""
+    """Validate a non-empty sequence of ints (``r_list``, ``k_list``, ``layers``); ``minimum=None``: any int."""
     if isinstance(values, numbers.Integral):
         values = (values,)
     try:
@@ -33,7 +33,9 @@ def check_int_list(values, name, *, minimum=1, odd=False):
     if not values:
         raise ValueError(f"{name} must not be empty")
     for v in values:
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < minimum:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise ValueError(f"{name} must hold ints, got {values!r}")
+        if minimum is not None and v < minimum:
             raise ValueError(f"{name} must hold ints >= {minimum}, got {values!r}")
         if odd and v % 2 == 0:
             raise ValueError(f"{name} must hold odd ints (a centred r x r window), got {values!r}")

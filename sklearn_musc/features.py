@@ -17,7 +17,7 @@ from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
-from ._validation import check_size as _check_size
+from ._validation import check_int_list, check_size
 from .preprocessing import as_image_list, load_image, maps_to_original, masks_to_input, masks_to_original, preprocess
 
 __all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
@@ -50,21 +50,11 @@ def default_layers(n_blocks):
 def _check_layers(layers, n_blocks):
     if layers is None:
         return default_layers(n_blocks)
-    if isinstance(layers, numbers.Integral):
-        layers = (layers,)
-    try:
-        layers = tuple(layers)
-    except TypeError:
-        raise ValueError(f"layers must be None or a sequence of ints, got {layers!r}") from None
-    if not layers:
-        raise ValueError("layers must not be empty")
     out = []
-    for layer in layers:
-        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
-            raise ValueError(f"layers must hold ints, got {layers!r}")
+    for layer in check_int_list(layers, "layers", minimum=None):  # negative: counted from the end
         if not -n_blocks <= layer < n_blocks:
             raise ValueError(f"layer {layer} is out of range for a backbone with {n_blocks} blocks")
-        out.append(int(layer) % n_blocks)
+        out.append(layer % n_blocks)
     if len(set(out)) != len(out):
         raise ValueError(f"layers {layers!r} name the same block twice")
     return tuple(out)
@@ -199,7 +189,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "backbone": [InstanceOf(str, "a str")],
         "pretrained": [None, "boolean", InstanceOf((str, os.PathLike), "a str or a path")],
-        "image_size": [Satisfies(lambda v: _check_size(v, "image_size"),
+        "image_size": [Satisfies(lambda v: check_size(v, "image_size"),
                                  "a positive int or a (height, width) pair of positive ints")],
         "layers": [None, int_sequence(minimum=None)],
         "backbone_kwargs": [None, InstanceOf(dict, "a dict")],
@@ -253,7 +243,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self : object
         """
         validate_params(self)
-        size = _check_size(self.image_size, "image_size")
+        size = check_size(self.image_size, "image_size")
         device = resolve_device(self.device)
         if self.precision != "float32" and device.type != "cuda":
             raise ValueError(
