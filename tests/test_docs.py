@@ -27,3 +27,28 @@ def test_docs_build_without_warnings(tmp_path):
     assert (tmp_path / "html" / "api.html").is_file()
     # the README's images, included from docs/, resolve from the pages that include them
     assert (tmp_path / "html" / "_images" / "bottle_grid.png").is_file()
+
+
+def test_readme_layout_matches_the_tree():
+    """README's "Project layout" names every module of the package and top folder, and nothing that is gone."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.rst").read_text(encoding="utf-8")
+    block = text.split("Project layout\n==============\n", 1)[1]
+    named = set()
+    for line in block.splitlines():
+        if not line.startswith("    "):
+            continue
+        entry = line.strip().split("  ")[0]  # the path column, before the description
+        named.update(name.strip() for name in entry.split(",") if name.strip())
+    folders = {n.rstrip("/") for n in named if n.endswith("/")}
+    files = {n for n in named if n.endswith(".py")}
+    package = root / "sklearn_musc"
+    shipped = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    shipped |= {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    listed = files | {f for f in folders if (package / f).is_dir()}
+    assert shipped == listed, f"modules not in the layout: {shipped - listed}; named but absent: {listed - shipped}"
+    top = {"sklearn_musc", "tests", "docs", "examples", "benchmarks", "studies", "reproduction", "tools"}
+    assert top <= folders and all((root / f).is_dir() for f in top)
+    assert all(re.fullmatch(r"[\w.]+", n) for n in files)
