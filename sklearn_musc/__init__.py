@@ -4,8 +4,8 @@ A batch of unlabeled images of one product is turned into ViT patch tokens
 (:class:`ViTPatchTransformer`), aggregated over local neighbourhoods
 (:class:`LNAMDTransformer`), scored by the other images of the batch
 (:class:`MutualScoringDetector`) and the image scores refined with image-level
-neighbours (:class:`RsCINRescorer`). :func:`make_musc_pipeline` builds the
-four steps with a named preset's settings (the paper's, per dataset).
+neighbours (:class:`RsCINRescorer`). :func:`~sklearn_musc.presets.make_musc_pipeline`
+builds the four steps with a named preset's settings (the paper's, per dataset).
 """
 
 from ._batch import FeatureSets, ImageScores, PatchTokens

@@ -1,9 +1,24 @@
 """Named settings of the whole MuSc pipeline, and the one function that builds it.
 
-The command line, ``reproduction/reproduce.py`` and the examples all build
-their pipeline with :func:`make_musc_pipeline`, so the paper's settings (and
-the per-dataset RsCIN windows of the authors' code) are written down here
-only.
+``PRESETS`` maps each preset name to the ``step__param`` values it sets
+(read-only); every parameter it does not name keeps its estimator's default.
+
+- ``"default"``: the paper's setting with ``vit__pretrained=True`` (the
+  backbone's own default weights, which for ViT-L-14-336 are the
+  ``"openai"`` ones), so that overriding only ``vit__backbone`` still names
+  valid weights. The command line's defaults.
+- ``"paper-mvtec"``, ``"paper-visa"``, ``"paper-btad"``: the paper's setting
+  (open_clip ViT-L-14-336 with the ``"openai"`` weights at 518 px,
+  ``r_list`` 1, 3, 5, ``topmin_max`` 0.3) with the authors' RsCIN windows for
+  the dataset: ``k_list`` 1, 8, 9 on VisA, else 1, 2, 3.
+
+All of them seed the two steps that draw random numbers (``vit__random_state``
+and ``msm__random_state`` are 0), so that a run can be repeated.
+
+The command line, ``reproduction/reproduce.py`` and the examples build their
+pipeline with :func:`make_musc_pipeline`, so these settings are written down
+here only. :func:`make_musc_pipeline` and :func:`available_presets` are also
+importable from ``sklearn_musc``.
 """
 
 from types import MappingProxyType
@@ -17,11 +32,12 @@ from .scoring import MutualScoringDetector
 
 STEPS = ("vit", "lnamd", "msm", "rscin")
 
+__all__ = ["PRESETS", "available_presets", "make_musc_pipeline", "pretrained_from_options"]
+
 # The paper's setting (docs/algorithm.rst): open_clip ViT-L-14-336 with the
 # "openai" weights at 518 px, LNAMD degrees 1, 3, 5, the interval average over
-# the lowest 30 % of the other images. random_state 0 on the two steps that
-# draw random numbers (random ViT weights, the split into subsets), so that a
-# run can be repeated.
+# the lowest 30 % of the other images; random ViT weights and the split into
+# subsets seeded.
 _PAPER = {
     "vit__backbone": "open_clip:ViT-L-14-336",
     "vit__pretrained": "openai",
@@ -35,10 +51,9 @@ _PAPER = {
     "rscin__k_list": (1, 2, 3),
 }
 
+# Described in the module's docstring. Read-only views, so that a caller
+# cannot change a preset for the rest of the process.
 PRESETS = MappingProxyType({
-    # The paper's setting with the backbone's own default weights, so that
-    # overriding only ``vit__backbone`` still names valid weights (for
-    # ViT-L-14-336 they are the "openai" ones). The command line's defaults.
     "default": MappingProxyType({**_PAPER, "vit__pretrained": True}),
     # The RsCIN windows are the one setting the authors' code changes per
     # dataset (docs/algorithm.rst, "Re-scoring (RsCIN)").
@@ -46,16 +61,6 @@ PRESETS = MappingProxyType({
     "paper-visa": MappingProxyType({**_PAPER, "rscin__k_list": (1, 8, 9)}),
     "paper-btad": MappingProxyType(dict(_PAPER)),
 })
-"""Preset name -> the ``step__param`` values it sets (read-only).
-
-``"default"``: the paper's setting with ``pretrained=True`` (the backbone's
-own default weights), what the command line uses. ``"paper-mvtec"``,
-``"paper-visa"``, ``"paper-btad"``: the paper's setting on each dataset
-(open_clip ViT-L-14-336 with the ``"openai"`` weights, 518 px, ``r_list`` 1, 3, 5,
-``topmin_max`` 0.3), with the authors' RsCIN windows for the dataset
-(``k_list`` 1, 8, 9 on VisA, else 1, 2, 3). Every parameter not named keeps
-its estimator's default.
-"""
 
 
 def available_presets():
@@ -74,14 +79,15 @@ def make_musc_pipeline(preset="default", **overrides):
     Parameters
     ----------
     preset : str, default="default"
-        One of :func:`available_presets` (the values each one sets are in
-        ``sklearn_musc.presets.PRESETS``).
+        One of :func:`available_presets`; the values each one sets are in
+        ``sklearn_musc.presets.PRESETS`` (see :mod:`sklearn_musc.presets`).
     **overrides
         Parameters of the steps named ``step__param``, as for
         :meth:`sklearn.pipeline.Pipeline.set_params`: the steps are ``vit``
-        (:class:`ViTPatchTransformer`), ``lnamd`` (:class:`LNAMDTransformer`),
-        ``msm`` (:class:`MutualScoringDetector`) and ``rscin``
-        (:class:`RsCINRescorer`). They are applied after the preset's values,
+        (:class:`~sklearn_musc.ViTPatchTransformer`), ``lnamd``
+        (:class:`~sklearn_musc.LNAMDTransformer`), ``msm``
+        (:class:`~sklearn_musc.MutualScoringDetector`) and ``rscin``
+        (:class:`~sklearn_musc.RsCINRescorer`). They are applied after the preset's values,
         so they win. Settings that several steps have (``device``,
         ``contamination``, ``novelty``) are given to each step that should
         use them.
@@ -100,7 +106,7 @@ def make_musc_pipeline(preset="default", **overrides):
 
     See Also
     --------
-    available_presets : the names of the presets.
+    available_presets : the preset names.
 
     Examples
     --------
