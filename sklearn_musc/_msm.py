@@ -378,3 +378,61 @@ def interval_average(table, k_min, k_max):
     best = torch.topk(table, k_max, dim=2, largest=True, sorted=True).values[..., k_min:k_max]
     dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0))
     return dist.mean(dim=2)
+
+
+def drop_repeats(table, scores, ratio, n_batch, bounds):
+    """Scores of images that share their most anomalous patch with other images, without those images.
+
+    Mutual scoring assumes a defect is rare: when several images of a batch
+    carry the same defect, they vouch for each other. For each image ``i``,
+    take its most anomalous patch ``p_i``, the one whose median distance to
+    its scorers is the largest, and the distances ``d_ij`` of its best match
+    in every other image ``j`` (both medians: the lower one). Two
+    images of the batch are *twins* when each is closer to the other at its
+    own most anomalous patch than ``ratio`` times the median of its
+    distances to all the other images (``d_ij < ratio * median_j d_ij`` and
+    ``d_ji < ratio * median_i d_ji``). An image with twins, fewer than half
+    of its scorers, is scored again by the other scorers only (its interval
+    bounds follow the smaller count); a defect shared by half of the scorers
+    or more is what the batch looks like and drops nothing. Columns beyond
+    ``n_batch`` (known-normal references) are never dropped.
+
+    Parameters
+    ----------
+    table : tensor of shape (n, L, n_cols)
+        Dot products of best matches, ``-inf`` where ``j == i``.
+    scores : tensor of shape (n, L)
+        Interval averages of ``table``, replaced where an image has twins.
+    ratio : float in (0, 1)
+    n_batch : int
+        The first ``n_batch`` columns are the batch's images (``n_batch == n``).
+    bounds : callable
+        ``bounds(n_images) -> (k_min, k_max)`` for an image among
+        ``n_images`` (itself included).
+
+    Returns
+    -------
+    scores : tensor of shape (n, L)
+        ``scores`` with the rows of images that have twins replaced.
+    """
+    n, L, n_cols = table.shape
+    m = n_cols - 1  # scorers of each image; its own column is -inf
+    rows = torch.arange(n, device=table.device)
+    # The top patch: the farthest from its median scorer (the lower median of the m distances is
+    # the dot product of ascending rank m - (m - 1) // 2 after the -inf). Not the largest score:
+    # a defect that enough twins vouch for scores low, which is the problem.
+    typical = torch.kthvalue(table, m - (m - 1) // 2 + 1, dim=2).values  # (n, L)
+    best = table[rows, typical.argmin(dim=1)]  # (n, n_cols): best matches of each image's top patch
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0))  # +inf for the image itself
+    # the lower median of the n_cols - 1 others: the image's own +inf sorts last
+    median = torch.kthvalue(dist, (m - 1) // 2 + 1, dim=1).values
+    close = dist[:, :n_batch] < ratio * median[:, None]
+    twins = close & close.T
+    counts = twins.sum(dim=1)
+    out = scores.clone()
+    for i in torch.nonzero((counts > 0) & (2 * counts <= n_cols - 1)).flatten().tolist():
+        keep = torch.ones(n_cols, dtype=torch.bool, device=table.device)
+        keep[:n_batch] = ~twins[i]
+        k_min, k_max = bounds(n_cols - int(counts[i]))
+        out[i] = interval_average(table[i : i + 1][:, :, keep], k_min, k_max)[0]
+    return out

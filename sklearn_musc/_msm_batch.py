@@ -57,7 +57,7 @@ def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None):
 
 
 def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precision, algorithm,
-                radius=None, references=None):
+                radius=None, references=None, repeat_ratio=None, bounds=None):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
     The images score each other; ``references`` (R, n_sets, h, w, C), when
@@ -67,7 +67,10 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
     :class:`LNAMDTransformer` makes them) is not copied at all. Scores and
     the finiteness check stay on the device until every set is queued:
     nothing waits for the GPU inside the loop, so it computes one set while
-    the host moves the next one.
+    the host moves the next one. With ``repeat_ratio``, each set's images that
+    share their most anomalous patch with other images of the batch are
+    scored again without them (:func:`._msm.drop_repeats`, from the same
+    table: no further products).
     """
     n = len(features) if rows is None else len(rows)
     _, _, h, w, dim = features.shape
@@ -88,6 +91,8 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
                 finite &= ok
                 table = torch.cat([table, _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R)], dim=2)
             scores[:, s] = _msm.interval_average(table, *k_bounds)
+            if repeat_ratio is not None:  # bounds: (k_min, k_max) for a smaller count of scorers
+                scores[:, s] = _msm.drop_repeats(table, scores[:, s], repeat_ratio, n, bounds)
             del table
         if not bool(finite):  # NaN scores are refused, not returned
             raise ValueError("features contains NaN or infinity")

@@ -188,3 +188,45 @@ def scored_by(image, scorers, topmin_min=0.0, topmin_max=0.3, reduction="interva
     k_max = max(1, math.floor(n * topmin_max))
     k_min = min(math.floor(n * topmin_min), k_max - 1)
     return d[k_min:k_max].mean(axis=0)
+
+
+def msm_without_repeats(Z, ratio, topmin_min=0.0, topmin_max=0.3, references=None):
+    """MutualScoringDetector(repeat_ratio=ratio) for one feature set, in loops: (N, L) scores.
+
+    ``Z`` (N, L, C) the batch, ``references`` (R, L, C) or None. An image's top
+    patch has the largest lower-median distance to its scorers; twins: images
+    each closer to the other at its own top patch than ``ratio`` x that median.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    R = np.zeros((0,) + Z.shape[1:]) if references is None else np.asarray(references, dtype=np.float64)
+    n = len(Z)
+
+    def nearest(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min(axis=1)
+
+    def interval(rows, n_images):
+        k_max = max(1, math.floor((n_images - 1) * topmin_max))
+        k_min = min(math.floor((n_images - 1) * topmin_min), k_max - 1)
+        return np.sort(np.array(rows), axis=0)[k_min:k_max].mean(axis=0)
+
+    D = {(i, j): nearest(Z[i], Z[j]) for i in range(n) for j in range(n) if i != j}
+    DR = {(i, r): nearest(Z[i], R[r]) for i in range(n) for r in range(len(R))}
+    m = n - 1 + len(R)  # scorers of each image
+    scores = np.stack([interval([D[i, j] for j in range(n) if j != i] + [DR[i, r] for r in range(len(R))], m + 1)
+                       for i in range(n)])
+    close = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        every = np.array([D[i, j] for j in range(n) if j != i] + [DR[i, r] for r in range(len(R))])  # (m, L)
+        top = int(np.argmax(np.sort(every, axis=0)[(m - 1) // 2]))  # the largest lower-median distance
+        at_top = {j: D[i, j][top] for j in range(n) if j != i}
+        median = sorted(list(at_top.values()) + [DR[i, r][top] for r in range(len(R))])[(m - 1) // 2]
+        for j, d in at_top.items():
+            close[i, j] = d < ratio * median
+    twins = close & close.T
+    out = scores.copy()
+    for i in range(n):
+        c = int(twins[i].sum())
+        if 0 < c and 2 * c <= m:
+            kept = [D[i, j] for j in range(n) if j != i and not twins[i, j]] + [DR[i, r] for r in range(len(R))]
+            out[i] = interval(kept, m + 1 - c)
+    return out

@@ -436,3 +436,30 @@ def test_save_synthetic_round_trip(tmp_path):
     assert len(load_mvtec(tmp_path, "fabric").paths) == 3
     with pytest.raises(TypeError, match="either data"):
         save_synthetic_defects(tmp_path / "x", data=other, n_images=3)
+
+
+@pytest.mark.parametrize("kind", ["texture", "object"])
+def test_synthetic_repeated_defect_is_one_defect_copied(kind):
+    data = make_synthetic_defects(n_images=20, n_anomalous=8, n_repeated=5, image_size=64, kind=kind,
+                                  defects=("spot", "scratch"), random_state=3)
+    types = np.array(data.defect_types)
+    copies = np.flatnonzero(types == "spot-repeated")
+    assert len(copies) == 5 and data.labels.sum() == 8 and (data.labels[copies] == 1).all()
+    mask = data.masks[copies[0]].astype(bool)
+    assert mask.any()
+    for i in copies:  # the same pixels at the same place, and the same mask
+        assert (data.masks[i] == data.masks[copies[0]]).all()
+        assert (data.images[i][mask] == data.images[copies[0]][mask]).all()
+    others = np.flatnonzero((data.labels == 1) & (types != "spot-repeated"))
+    assert len(others) == 3 and all(not (data.masks[i] == data.masks[copies[0]]).all() for i in others)
+    # without n_repeated the batch is what it always was
+    plain = make_synthetic_defects(n_images=20, n_anomalous=8, image_size=64, kind=kind, random_state=3)
+    again = make_synthetic_defects(n_images=20, n_anomalous=8, n_repeated=0, image_size=64, kind=kind,
+                                   random_state=3)
+    assert (plain.images == again.images).all()
+
+
+@pytest.mark.parametrize("n_repeated", [-1, 9])
+def test_synthetic_n_repeated_out_of_range(n_repeated):
+    with pytest.raises(ValueError, match=r"n_repeated must lie in \[0, n_anomalous=8\]"):
+        make_synthetic_defects(n_images=20, n_anomalous=8, n_repeated=n_repeated)

@@ -353,3 +353,58 @@ def test_float16_features_are_scored_as_their_values(rng):
     assert np.abs(det.set_patch_scores_ - ref.msm_sets(values)).max() < 1e-5
     full = MutualScoringDetector(device="cpu").fit(exact)
     assert 0 < np.abs(det.anomaly_scores_ - full.anomaly_scores_).max() < 2e-3
+
+
+# --- repeat_ratio: images that share a defect stop vouching for each other ---
+
+def _repeated_defect_batch(rng, n=12, L=16, C=24, n_repeat=4):
+    """Unit features of a product: images 1..n_repeat carry the same defect (at different patches),
+    image 0 a defect of its own; the rest are normal."""
+    Z = rng.normal(size=(1, L, C)) + 0.35 * rng.normal(size=(n, L, C))
+    defect = 3.0 * rng.normal(size=C)
+    for i in range(1, n_repeat + 1):
+        Z[i, rng.integers(L)] = defect + 0.05 * rng.normal(size=C)
+    Z[0, 3] = 3.0 * rng.normal(size=C)
+    Z /= np.linalg.norm(Z, axis=-1, keepdims=True)
+    return Z.astype(np.float32)
+
+
+def _fit_sets(Z, **params):
+    n, L, C = Z.shape
+    det = MutualScoringDetector(device="cpu", **params).fit(Z.reshape(n, 1, 4, L // 4, C))
+    return det.set_patch_scores_[:, 0].reshape(n, L)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+@pytest.mark.parametrize("topmin", [(0.0, 0.3), (0.1, 0.5)])
+def test_repeat_ratio_matches_float64_reference(rng, ratio, topmin):
+    Z = _repeated_defect_batch(rng)
+    got = _fit_sets(Z, repeat_ratio=ratio, topmin_min=topmin[0], topmin_max=topmin[1])
+    want = ref.msm_without_repeats(Z, ratio, *topmin)
+    assert np.abs(got - want).max() < 1e-5
+    plain = ref.msm_one_set(Z, *topmin)
+    assert np.abs(want - plain).max() > 0.1  # the filter did change some image's scores
+
+
+def test_repeat_ratio_with_references_matches_reference(rng):
+    Z = _repeated_defect_batch(rng, n=10, n_repeat=3)
+    refs = _repeated_defect_batch(np.random.default_rng(5), n=3, n_repeat=0)[1:]  # two normal images
+    n, L, C = Z.shape
+    det = MutualScoringDetector(device="cpu", repeat_ratio=0.5).fit(
+        Z.reshape(n, 1, 4, 4, C), references=refs.reshape(len(refs), 1, 4, 4, C))
+    want = ref.msm_without_repeats(Z, 0.5, references=refs)
+    assert np.abs(det.set_patch_scores_[:, 0].reshape(n, L) - want).max() < 1e-5
+
+
+def test_repeat_ratio_ranks_a_repeated_defect_above_normal_images(rng):
+    # 4 of 12 images share a defect: with topmin_max = 0.3 (3 of the 11 scorers) they score each
+    # other near zero there, so plain mutual scoring ranks them among the normal images.
+    Z = _repeated_defect_batch(rng)
+    repeated, normal = np.arange(1, 5), np.arange(5, 12)
+    plain = _fit_sets(Z).max(axis=1)
+    kept = _fit_sets(Z, repeat_ratio=0.5).max(axis=1)
+    assert plain[repeated].min() < plain[normal].max()
+    assert kept[repeated].min() > kept[normal].max()
+    assert kept[0] > kept[normal].max()  # the unique defect stays detected
+    # normal images have no twins: their scores are unchanged
+    np.testing.assert_allclose(kept[normal], plain[normal], rtol=1e-6)

@@ -167,6 +167,7 @@ def make_synthetic_defects(
     kind="texture",
     defects=_DEFECT_KINDS,
     random_state=None,
+    n_repeated=0,
 ):
     """A small synthetic batch of industrial images with defects and their masks.
 
@@ -192,6 +193,13 @@ def make_synthetic_defects(
         The defect kinds, used in turn (shuffled) over the anomalous images.
     random_state : int, numpy.random.Generator, RandomState or None, default=None
         Seed: the same seed gives the same batch.
+    n_repeated : int, default=0
+        How many of the anomalous images carry one and the same defect: drawn
+        once (the first kind of ``defects``) and copied, pixel for pixel, to
+        the same place of each of them, as a fixture or a tool that marks
+        every part would. Their defect type is ``"<kind>-repeated"``. The
+        batch that mutual scoring finds hardest: the copies vouch for each
+        other (``MutualScoringDetector(repeat_ratio=...)``).
 
     Returns
     -------
@@ -217,6 +225,9 @@ def make_synthetic_defects(
         raise ValueError(f"n_images must be at least 1, got {n_images}")
     if not 0 <= n_anomalous <= n_images:
         raise ValueError(f"n_anomalous must lie in [0, n_images={n_images}], got {n_anomalous}")
+    n_repeated = int(n_repeated)
+    if not 0 <= n_repeated <= n_anomalous:
+        raise ValueError(f"n_repeated must lie in [0, n_anomalous={n_anomalous}], got {n_repeated}")
     size = check_size(image_size, "image_size")
     if min(size) < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size!r}")
@@ -241,13 +252,26 @@ def make_synthetic_defects(
     kinds = [cycle[j] for j in order]
     masks = np.zeros((n_images,) + size, dtype=np.uint8)
     defect_types = ["good"] * n_images
+    # n_repeated of the anomalous images share one defect instead of drawing their own
+    copies = rng.choice(anomalous, size=n_repeated, replace=False) if n_repeated else anomalous[:0]
     for index, defect in zip(anomalous, kinds):
+        if index in copies:
+            continue
         geom = None if geometry is None else geometry[index]
         mask = _draw_defect(
             rng, images[index], support[index], defect, background, geom, min(size)
         )
         masks[index] = mask
         defect_types[index] = defect
+    if n_repeated:  # drawn once on a copy of the first image, then pasted pixel for pixel
+        first = copies[0]
+        canvas = images[first].copy()
+        geom = None if geometry is None else geometry[first]
+        mask = _draw_defect(rng, canvas, support[first], defects[0], background, geom, min(size)).astype(bool)
+        for index in copies:
+            images[index][mask] = canvas[mask]
+            masks[index] = mask
+            defect_types[index] = f"{defects[0]}-repeated"
     labels = np.zeros(n_images, dtype=np.int64)
     labels[anomalous] = 1
     images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)

@@ -1,0 +1,147 @@
+"""Study for issue #13: the library's options on the shared MVTec AD, chosen on 8 categories.
+
+DINOv2 ViT-S/14 at 224 (tokens from ``_cache.py``). For every category and
+every setting of the steps after the backbone, image AUROC before and after
+each RsCIN variant, pixel AUROC and PRO are kept in ``$MUSC_OPTIONS_CACHE``
+(default ``/tmp/musc-options-cache``)::
+
+    python studies/options.py compute [category ...]   # MSM of every setting (cached)
+    python studies/options.py table                    # means on TUNE / the other 7 / all
+
+Settings: LNAMD ("mean") or SNAMD ("similarity") aggregation, the topmin
+interval, the repeated-defect filter (``repeat_ratio``); RsCIN with the class
+token or the salient patch feature, windows (1, 2, 3) and (1, 7). The
+seconds recorded are not timings: the settings of one aggregation share
+their products (see ``_remember_tables``); ``benchmarks/`` times.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _cache import TUNE, categories, load  # noqa: E402
+
+from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
+from sklearn_musc.metrics import evaluate  # noqa: E402
+
+OUT = Path(os.environ.get("MUSC_OPTIONS_CACHE", "/tmp/musc-options-cache"))
+# name -> (LNAMD params, MSM params)
+SETTINGS = {
+    "lnamd t0.3 (paper)": (dict(aggregation="mean"), dict()),
+    "lnamd t0.1": (dict(aggregation="mean"), dict(topmin_max=0.1)),
+    "lnamd t0.5": (dict(aggregation="mean"), dict(topmin_max=0.5)),
+    "lnamd t0.1-0.4": (dict(aggregation="mean"), dict(topmin_min=0.1, topmin_max=0.4)),
+    "lnamd t0.3 repeat0.3": (dict(aggregation="mean"), dict(repeat_ratio=0.3)),
+    "lnamd t0.3 repeat0.5": (dict(aggregation="mean"), dict(repeat_ratio=0.5)),
+    "snamd t0.3": (dict(aggregation="similarity"), dict()),
+}
+
+
+def _remember_tables():
+    """The MSM settings of one aggregation share their tables of best matches: compute each once.
+
+    Every setting still runs ``MutualScoringDetector.fit`` as users do; only
+    the products are not repeated (keyed by the content of the feature set).
+    """
+    import hashlib
+
+    from sklearn_musc import _msm
+
+    compute, memo = _msm.max_similarity_table, {}
+
+    def table(Z, plan, *args, **kwargs):
+        key = (tuple(Z.shape), hashlib.sha1(Z.contiguous().numpy().tobytes()).hexdigest(), args, tuple(kwargs.items()))
+        if key not in memo:
+            if len(memo) > 6:  # one category's sets at a time
+                memo.clear()
+            memo[key] = compute(Z, plan, *args, **kwargs)
+        return memo[key]
+
+    _msm.max_similarity_table = table
+
+
+_remember_tables()
+RSCIN = {
+    "none": None,
+    "class k123 (paper)": dict(embedding="image", k_list=(1, 2, 3)),
+    "class k17": dict(embedding="image", k_list=(1, 7)),
+    "salient k17 (V2)": dict(embedding="salient", k_list=(1, 7)),
+    "salient k123": dict(embedding="salient", k_list=(1, 2, 3)),
+}
+
+
+_FEATURES = {}
+
+
+def features(category, lnamd_params):
+    key = (category, tuple(sorted(lnamd_params.items())))
+    if key not in _FEATURES:
+        _FEATURES.clear()
+        _FEATURES[key] = LNAMDTransformer(device="cpu", **lnamd_params).fit_transform(load(category)["tokens"])
+    return _FEATURES[key]
+
+
+def compute(category, setting):
+    path = OUT / category / f"{setting.replace(' ', '_')}.joblib"
+    if path.exists():
+        return joblib.load(path)
+    entry = load(category)
+    lnamd_params, msm_params = SETTINGS[setting]
+    y, masks = entry["labels"], entry["masks"]
+    t0 = time.perf_counter()
+    feats = features(category, lnamd_params)
+    det = MutualScoringDetector(device="cpu", **msm_params)
+    scores = det.fit_transform(feats)
+    seconds = time.perf_counter() - t0
+    result = dict(seconds=seconds)
+    pix = evaluate(y, scores.scores, masks, scores.anomaly_maps)
+    result["pixel_auroc"], result["pro"] = pix["pixel_auroc"], pix["pro"]
+    for name, params in RSCIN.items():
+        final = scores.scores if params is None else RsCINRescorer(**params).fit(scores).anomaly_scores_
+        result[name] = evaluate(y, final)["image_auroc"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    joblib.dump(result, tmp)
+    tmp.replace(path)
+    print(f"{category:11s} {setting:20s} {seconds:6.1f}s img {result['class k123 (paper)']:.3f} "
+          f"pix {result['pixel_auroc']:.3f} pro {result['pro']:.3f}", flush=True)
+    return result
+
+
+def table(cats):
+    halves = (("TUNE", [c for c in cats if c in TUNE]), ("confirm", [c for c in cats if c not in TUNE]),
+              ("all", cats))
+    lines = ["| LNAMD / MSM setting | RsCIN | image AUROC: TUNE / confirm / all | pixel AUROC (all) | PRO (all) |",
+             "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        got = {c: compute(c, setting) for c in cats}
+        for name in RSCIN:
+            img = [100 * np.mean([got[c][name] for c in part]) for _, part in halves]
+            lines.append(f"| {setting} | {name} | {img[0]:.1f} / {img[1]:.1f} / {img[2]:.1f} "
+                         f"| {100 * np.mean([got[c]['pixel_auroc'] for c in cats]):.1f} "
+                         f"| {100 * np.mean([got[c]['pro'] for c in cats]):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    what = argv[0] if argv else "compute"
+    cats = argv[1:] or categories()
+    if what == "compute":
+        for c in cats:  # category-major: the settings of one aggregation share the tables
+            for setting in SETTINGS:
+                compute(c, setting)
+    elif what == "table":
+        print(table(cats))
+    else:
+        raise SystemExit(f"unknown command {what!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
