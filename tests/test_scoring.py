@@ -408,3 +408,24 @@ def test_repeat_ratio_ranks_a_repeated_defect_above_normal_images(rng):
     assert kept[0] > kept[normal].max()  # the unique defect stays detected
     # normal images have no twins: their scores are unchanged
     np.testing.assert_allclose(kept[normal], plain[normal], rtol=1e-6)
+
+
+@pytest.mark.shared_data
+def test_repeat_ratio_finds_a_defect_copied_to_30_percent_of_a_synthetic_batch():
+    """DINOv2 ViT-S/14 (shared weights) at 224: one spot copied to the same place of 9 of 30 textures.
+    With topmin_max = 0.3 (8 of the 29 scorers) the copies vouch for each other; the filter undoes it."""
+    from conftest import SHARED
+    from sklearn_musc import ViTPatchTransformer
+    from sklearn_musc.datasets import make_synthetic_defects
+    from sklearn_musc.metrics import image_auroc
+
+    data = make_synthetic_defects(n_images=30, n_anomalous=9, n_repeated=9, image_size=224, kind="texture",
+                                  defects=("spot",), random_state=0)
+    weights = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
+    vit = ViTPatchTransformer(backbone="timm:vit_small_patch14_dinov2", pretrained=str(weights), image_size=224,
+                              device="cpu", progress=False)
+    feats = LNAMDTransformer(device="cpu").fit_transform(vit.fit_transform(list(data.images)))
+    plain = MutualScoringDetector(device="cpu").fit(feats).anomaly_scores_
+    kept = MutualScoringDetector(device="cpu", repeat_ratio=0.5).fit(feats).anomaly_scores_
+    assert image_auroc(data.labels, plain) < 0.8
+    assert image_auroc(data.labels, kept) >= 0.95
