@@ -37,7 +37,6 @@ SETTINGS = {
     "lnamd t0.3 (paper)": (dict(aggregation="mean"), dict()),
     "lnamd t0.1": (dict(aggregation="mean"), dict(topmin_max=0.1)),
     "lnamd t0.5": (dict(aggregation="mean"), dict(topmin_max=0.5)),
-    "lnamd t0.1-0.4": (dict(aggregation="mean"), dict(topmin_min=0.1, topmin_max=0.4)),
     "lnamd t0.3 repeat0.3": (dict(aggregation="mean"), dict(repeat_ratio=0.3)),
     "lnamd t0.3 repeat0.5": (dict(aggregation="mean"), dict(repeat_ratio=0.5)),
     "snamd t0.3": (dict(aggregation="similarity"), dict()),
@@ -123,10 +122,23 @@ def table(cats):
     for setting in SETTINGS:
         got = {c: compute(c, setting) for c in cats}
         for name in RSCIN:
-            img = [100 * np.mean([got[c][name] for c in part]) for _, part in halves]
-            lines.append(f"| {setting} | {name} | {img[0]:.1f} / {img[1]:.1f} / {img[2]:.1f} "
+            img = [f"{100 * np.mean([got[c][name] for c in part]):.1f}" if part else "-" for _, part in halves]
+            lines.append(f"| {setting} | {name} | {img[0]} / {img[1]} / {img[2]} "
                          f"| {100 * np.mean([got[c]['pixel_auroc'] for c in cats]):.1f} "
                          f"| {100 * np.mean([got[c]['pro'] for c in cats]):.1f} |")
+    return "\n".join(lines)
+
+
+def per_category(cats, configs):
+    """Per-category rows for (setting, RsCIN variant) configurations: image AUROC, pixel AUROC, PRO."""
+    head = " | ".join(f"{s} + {r}: image / pixel / PRO" for s, r in configs)
+    lines = [f"| category | half | {head} |", "|---" * (2 + len(configs)) + "|"]
+    for c in cats:
+        cells = []
+        for setting, rscin in configs:
+            got = compute(c, setting)
+            cells.append(f"{100 * got[rscin]:.1f} / {100 * got['pixel_auroc']:.1f} / {100 * got['pro']:.1f}")
+        lines.append(f"| {c} | {'tune' if c in TUNE else 'confirm'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -138,7 +150,13 @@ def main(argv):
             for setting in SETTINGS:
                 compute(c, setting)
     elif what == "table":
-        print(table(cats))
+        done = [c for c in cats if all((OUT / c / f"{k.replace(' ', '_')}.joblib").exists() for k in SETTINGS)]
+        print(f"{len(done)} categories: {', '.join(done)}")
+        print(table(done))
+        # OPTIONS_COMPARE="lnamd t0.3 (paper)|class k123 (paper);lnamd t0.1|salient k17 (V2)"
+        if os.environ.get("OPTIONS_COMPARE"):
+            configs = [tuple(pair.split("|")) for pair in os.environ["OPTIONS_COMPARE"].split(";")]
+            print(per_category(done, configs))
     else:
         raise SystemExit(f"unknown command {what!r}")
 
