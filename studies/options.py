@@ -39,6 +39,7 @@ SETTINGS = {
     "lnamd t0.5": (dict(aggregation="mean"), dict(topmin_max=0.5)),
     "lnamd t0.3 repeat0.3": (dict(aggregation="mean"), dict(repeat_ratio=0.3)),
     "lnamd t0.3 repeat0.5": (dict(aggregation="mean"), dict(repeat_ratio=0.5)),
+    "lnamd t0.1 repeat0.3": (dict(aggregation="mean"), dict(topmin_max=0.1, repeat_ratio=0.3)),
     "snamd t0.3": (dict(aggregation="similarity"), dict()),
 }
 
@@ -115,17 +116,21 @@ def compute(category, setting):
 
 
 def table(cats):
-    halves = (("TUNE", [c for c in cats if c in TUNE]), ("confirm", [c for c in cats if c not in TUNE]),
-              ("all", cats))
-    lines = ["| LNAMD / MSM setting | RsCIN | image AUROC: TUNE / confirm / all | pixel AUROC (all) | PRO (all) |",
-             "|---|---|---|---|---|"]
-    for setting in SETTINGS:
-        got = {c: compute(c, setting) for c in cats}
+    lines = ["| LNAMD / MSM setting | RsCIN | categories measured | image AUROC: TUNE / confirm / all "
+             "| pixel AUROC (all) | PRO (all) |", "|---|---|---|---|---|---|"]
+    for setting in SETTINGS:  # each over the categories it was computed on (``compute`` may be partial)
+        have = [c for c in cats if (OUT / c / f"{setting.replace(' ', '_')}.joblib").exists()]
+        if not have:
+            continue
+        got = {c: compute(c, setting) for c in have}
+        halves = (("TUNE", [c for c in have if c in TUNE]), ("confirm", [c for c in have if c not in TUNE]),
+                  ("all", have))
         for name in RSCIN:
             img = [f"{100 * np.mean([got[c][name] for c in part]):.1f}" if part else "-" for _, part in halves]
-            lines.append(f"| {setting} | {name} | {img[0]} / {img[1]} / {img[2]} "
-                         f"| {100 * np.mean([got[c]['pixel_auroc'] for c in cats]):.1f} "
-                         f"| {100 * np.mean([got[c]['pro'] for c in cats]):.1f} |")
+            lines.append(f"| {setting} | {name} | {len(halves[0][1])} + {len(halves[2][1]) - len(halves[0][1])} "
+                         f"| {img[0]} / {img[1]} / {img[2]} "
+                         f"| {100 * np.mean([got[c]['pixel_auroc'] for c in have]):.1f} "
+                         f"| {100 * np.mean([got[c]['pro'] for c in have]):.1f} |")
     return "\n".join(lines)
 
 
@@ -134,6 +139,8 @@ def per_category(cats, configs):
     head = " | ".join(f"{s} + {r}: image / pixel / PRO" for s, r in configs)
     lines = [f"| category | half | {head} |", "|---" * (2 + len(configs)) + "|"]
     for c in cats:
+        if not all((OUT / c / f"{s.replace(' ', '_')}.joblib").exists() for s, _ in configs):
+            continue
         cells = []
         for setting, rscin in configs:
             got = compute(c, setting)
@@ -146,17 +153,18 @@ def main(argv):
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
     if what == "compute":
+        # OPTIONS_SETTINGS="lnamd t0.3 (paper);lnamd t0.1": only these settings (the others later)
+        chosen = os.environ.get("OPTIONS_SETTINGS")
+        settings = chosen.split(";") if chosen else list(SETTINGS)
         for c in cats:  # category-major: the settings of one aggregation share the tables
-            for setting in SETTINGS:
+            for setting in settings:
                 compute(c, setting)
     elif what == "table":
-        done = [c for c in cats if all((OUT / c / f"{k.replace(' ', '_')}.joblib").exists() for k in SETTINGS)]
-        print(f"{len(done)} categories: {', '.join(done)}")
-        print(table(done))
+        print(table(cats))
         # OPTIONS_COMPARE="lnamd t0.3 (paper)|class k123 (paper);lnamd t0.1|salient k17 (V2)"
         if os.environ.get("OPTIONS_COMPARE"):
             configs = [tuple(pair.split("|")) for pair in os.environ["OPTIONS_COMPARE"].split(";")]
-            print(per_category(done, configs))
+            print(per_category(cats, configs))
     else:
         raise SystemExit(f"unknown command {what!r}")
 
