@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -62,3 +63,12 @@ def assert_similarity_table(table, Z, precision, device):
     rounded = ref.similarity_table(ref.round_significand(Z, bits, ties_even))
     assert np.abs(table[off] - rounded[off]).max() < 1e-5
     assert np.abs(table[off] - exact[off]).max() > 1e-6  # the inputs were rounded
+
+
+def load_script(relative_path):
+    """A script of the repository that is not part of the package (tools/, reproduction/), as a module."""
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

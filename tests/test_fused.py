@@ -10,34 +10,28 @@ developer tool ``tools/inspect_fused.py``). On a machine with CUDA the
 compiled kernel runs too.
 """
 
-import importlib.util
 import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import _reference as ref
-from conftest import assert_similarity_table, make_tokens, unit_features
+from conftest import assert_similarity_table, load_script, make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, _msm, _msm_fused
 
 triton = pytest.importorskip("triton", reason="the fused kernel is written in Triton")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-INSPECT_FUSED = Path(__file__).resolve().parents[1] / "tools" / "inspect_fused.py"
 
 
 @pytest.fixture(scope="module")
 def inspect_fused():
     """``tools/inspect_fused.py``: compiles the kernel for a GPU and reads its machine code."""
-    spec = importlib.util.spec_from_file_location("inspect_fused", INSPECT_FUSED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/inspect_fused.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """make_musc_pipeline: the presets, their overrides, and the pipelines the command lines build with them."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,8 @@ from sklearn.pipeline import Pipeline
 from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer,
                           available_presets, cli, make_musc_pipeline)
 from sklearn_musc.presets import PRESETS, pretrained_from_options
+from conftest import load_script
 
-REPRODUCE = Path(__file__).resolve().parents[1] / "reproduction" / "reproduce.py"
 STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm", MutualScoringDetector),
               ("rscin", RsCINRescorer)]
 
@@ -124,10 +123,7 @@ def test_cli_pipeline_is_the_default_preset_with_its_options():
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPRODUCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduction/reproduce.py")
 
 
 @pytest.mark.parametrize("dataset, k_list", [("mvtec", (1, 2, 3)), ("visa", (1, 8, 9)), ("btad", (1, 2, 3))])

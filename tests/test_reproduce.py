@@ -1,26 +1,21 @@
 """reproduction/reproduce.py on a tiny synthetic MVTec-layout root with a tiny random ViT."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sklearn_musc.datasets import save_synthetic_defects
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "reproduce.py"
 COLUMNS = ["category", "image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap",
            "pro", "image_auroc_msm"]
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduction/reproduce.py")
 
 
 @pytest.fixture
