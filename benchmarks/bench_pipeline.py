@@ -58,7 +58,8 @@ def run(images, args):
     vit = ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
                               device=str(device), batch_size=args.batch_size, progress=False,
                               precision=vit_precision).fit()
-    lnamd = LNAMDTransformer(device=str(device), dtype=args.features_dtype)
+    lnamd = LNAMDTransformer(device=str(device), dtype=args.features_dtype,
+                             **({"aggregation": args.aggregation} if args.aggregation else {}))
     msm = MutualScoringDetector(device=str(device), matmul_precision=matmul_precision, algorithm=args.algorithm)
     rscin = RsCINRescorer()
     n = len(images)
@@ -101,7 +102,7 @@ def run(images, args):
     return {**extra,
         "n_images": n, "device": str(device), "backbone": args.backbone, "image_size": vit.input_size_,
         "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "matmul_precision": matmul_precision,
-        "algorithm": args.algorithm,
+        "algorithm": args.algorithm, "aggregation": lnamd.aggregation,
         "features_dtype": args.features_dtype,
         "seconds": times, "total_s": total, "images_per_s": n / total, "ms_per_image": 1000 * total / n,
         "forward_s": forward, "msm_gflop": gflop, "matmul_gflops": rate, "msm_arith_s": gflop / rate,
@@ -113,7 +114,8 @@ def run(images, args):
 def report(r, stream=sys.stdout):
     s = r["seconds"]
     print(f"N={r['n_images']} {r['backbone']} @ {r['image_size']} on {r['device']} "
-          f"({r['matmul_precision']}, {r.get('algorithm', 'matmul')}, {r.get('features_dtype', 'float32')} features): "
+          f"({r['matmul_precision']}, {r.get('algorithm', 'matmul')}, {r.get('features_dtype', 'float32')} features, "
+          f"{r.get('aggregation', 'mean')} aggregation, {r['n_sets']} sets): "
           f"{r['total_s']:.2f} s = {r['images_per_s']:.2f} images/s ({r['ms_per_image']:.1f} ms/image); "
           f"vit {s['vit']:.2f} s, lnamd {s['lnamd']:.2f} s, msm {s['msm']:.2f} s, rscin {s['rscin']:.3f} s; "
           f"bare forward {r['forward_s']:.2f} s + MSM arithmetic {r['msm_arith_s']:.2f} s "
@@ -148,6 +150,8 @@ def main(argv=None):
     parser.add_argument("--algorithm", default="matmul", choices=["matmul", "fused"])
     parser.add_argument("--features-dtype", default="float32", choices=["float32", "float16"],
                         help="LNAMDTransformer(dtype=...): storage of the feature sets")
+    parser.add_argument("--aggregation", choices=["mean", "similarity"], default=None,
+                        help="LNAMDTransformer(aggregation=...); default: the estimator's default")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--baseline", action="store_true", help="also time MSM in the reference's structure")
     parser.add_argument("--json", type=Path, help="append the results as JSON lines")

@@ -7,7 +7,7 @@ metrics on the MSM maps against the masks resized and cropped like the images.
 
     # the paper's setting (open_clip ViT-L-14-336, "openai" weights, 518 px), on a GPU
     python reproduction/reproduce.py --dataset mvtec --data-root /data/mvtec_ad --out /tmp/musc-mvtec
-    # a small CPU run with the shared DINOv2 ViT-S/14 weights
+    # a small CPU run with the shared DINOv2 ViT-S/14 weights (--preset default: the library's defaults)
     python reproduction/reproduce.py --dataset mvtec --data-root ../shared/data/mvtec_ad_lowres \\
         --backbone timm:vit_small_patch14_dinov2 \\
         --weights ../shared/weights/dinov2_vits14_imgfocus_fp16.safetensors \\
@@ -53,9 +53,14 @@ PAPER_MEANS = {
 }
 
 
-def preset_of(dataset):
-    """The paper's settings on ``dataset`` (sklearn_musc.presets)."""
-    return PRESETS[f"paper-{dataset}"]
+def preset_name(dataset, preset="paper"):
+    """The sklearn_musc preset of ``--preset``: the paper's for the dataset, or the library's defaults."""
+    return f"paper-{dataset}" if preset == "paper" else "default"
+
+
+def preset_of(dataset, preset="paper"):
+    """The settings of ``--preset`` on ``dataset`` (sklearn_musc.presets)."""
+    return PRESETS[preset_name(dataset, preset)]
 
 
 # option -> the preset's parameter that is its default
@@ -66,6 +71,9 @@ PRESET_DEFAULTS = {"backbone": "vit__backbone", "image_size": "vit__image_size",
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=sorted(LOADERS), default="mvtec")
+    p.add_argument("--preset", choices=("paper", "default"), default="paper",
+                   help="paper: the paper's settings for --dataset (default); default: the library's defaults "
+                        "(topmin_max 0.2, RsCIN on the salient feature with k = 1, 7)")
     p.add_argument("--data-root", required=True, help="the dataset root (one folder per category)")
     p.add_argument("--backbone", default=None, help="open_clip:NAME or timm:NAME (default: the paper's)")
     p.add_argument("--pretrained", default=None,
@@ -74,8 +82,8 @@ def parse_args(argv):
     p.add_argument("--image-size", type=int, default=None, help="default: the paper's (518)")
     p.add_argument("--r-list", type=int, nargs="+", default=None, help="LNAMD degrees (default 1 3 5)")
     p.add_argument("--k-list", type=int, nargs="+", default=None,
-                   help="RsCIN windows (default the dataset's preset: 1 2 3 for mvtec and btad, 1 8 9 for visa)")
-    p.add_argument("--topmin-max", type=float, default=None, help="default 0.3")
+                   help="RsCIN windows (default: the preset's; paper: 1 2 3 for mvtec and btad, 1 8 9 for visa)")
+    p.add_argument("--topmin-max", type=float, default=None, help="default: the preset's (paper 0.3)")
     p.add_argument("--max-subset-size", type=int, default=None, help="MSM subsets of at most this size")
     p.add_argument("--n-subsets", type=int, default=1, help="MSM subsets (default 1: the whole batch)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -86,7 +94,7 @@ def parse_args(argv):
     p.add_argument("--backbone-kwargs", type=json.loads, default=None,
                    help='advanced: JSON architecture overrides, e.g. \'{"depth": 4}\' (for tests)')
     args = p.parse_args(argv)
-    preset = preset_of(args.dataset)
+    preset = preset_of(args.dataset, args.preset)
     for option, param in PRESET_DEFAULTS.items():
         if getattr(args, option) is None:
             value = preset[param]
@@ -110,7 +118,8 @@ def settings_of(args):
     else:
         weights = "random init (seed 0)"
     return dict(
-        dataset=args.dataset, data_root=str(Path(args.data_root).resolve()),
+        dataset=args.dataset, preset=preset_name(args.dataset, args.preset),
+        data_root=str(Path(args.data_root).resolve()),
         backbone=f"{family}:{name}", weights=weights, backbone_kwargs=args.backbone_kwargs,
         image_size=args.image_size, r_list=list(args.r_list), k_list=list(args.k_list),
         topmin_max=args.topmin_max, max_subset_size=args.max_subset_size, n_subsets=args.n_subsets,
@@ -122,7 +131,8 @@ def is_paper_setting(s):
     if s["dataset"] not in PAPER_MEANS:
         return False
     paper = preset_of(s["dataset"])
-    return (s["backbone"] == paper["vit__backbone"] and s["weights"] == f"tag {paper['vit__pretrained']}"
+    return (s.get("preset") == preset_name(s["dataset"])
+            and s["backbone"] == paper["vit__backbone"] and s["weights"] == f"tag {paper['vit__pretrained']}"
             and s["backbone_kwargs"] is None and s["image_size"] == paper["vit__image_size"]
             and s["r_list"] == list(paper["lnamd__r_list"]) and s["k_list"] == list(paper["rscin__k_list"])
             and s["topmin_max"] == paper["msm__topmin_max"] and s["max_subset_size"] is None
@@ -130,9 +140,9 @@ def is_paper_setting(s):
 
 
 def build_pipeline(args):
-    """The dataset's paper preset with the command-line options."""
+    """The preset of ``--preset`` (the dataset's paper preset by default) with the command-line options."""
     return make_musc_pipeline(
-        f"paper-{args.dataset}",
+        preset_name(args.dataset, args.preset),
         vit__backbone=args.backbone, vit__pretrained=pretrained_arg(args), vit__image_size=args.image_size,
         vit__backbone_kwargs=args.backbone_kwargs, vit__device=args.device, vit__batch_size=args.batch_size,
         vit__progress=not args.no_progress,
@@ -199,7 +209,7 @@ def write_markdown(results, mean, settings, device, path):
     lines = [
         f"# MuSc on {s['dataset']}: {len(results)} categories, {n_images} test images",
         "",
-        f"- data root: `{s['data_root']}`",
+        f"- preset: `{s['preset']}`; data root: `{s['data_root']}`",
         f"- backbone: `{s['backbone']}`" + (f" with `{s['backbone_kwargs']}`" if s["backbone_kwargs"] else ""),
         f"- weights: {s['weights']}",
         f"- image size: {s['image_size']}; r_list: {s['r_list']}; k_list: {s['k_list']}; "

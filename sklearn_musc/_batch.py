@@ -117,6 +117,11 @@ class FeatureSets(_BatchMixin):
         similarity-weighted variant, which merges all degrees).
     embeddings, input_size, original_sizes, sources, backbone
         Passed through from :class:`PatchTokens`.
+    aggregation : (str, tuple of int) or None
+        How the sets were made: ``LNAMDTransformer``'s ``aggregation`` and
+        ``r_list``, e.g. ``("similarity", (1, 3, 5))``, so that features made
+        otherwise are never scored together (the similarity-weighted sets do
+        not name their degrees in ``set_index``); None for raw arrays.
     """
 
     features: np.ndarray
@@ -126,6 +131,7 @@ class FeatureSets(_BatchMixin):
     original_sizes: Optional[Tuple[Size, ...]] = None
     sources: Optional[Tuple[str, ...]] = None
     backbone: Optional[str] = None
+    aggregation: Optional[Tuple[str, Tuple[int, ...]]] = None
 
     _per_image = ("features", "embeddings", "original_sizes", "sources")
 

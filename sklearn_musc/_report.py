@@ -77,7 +77,7 @@ def render_report(summary):
     n, flagged = summary["n_images"], summary["n_anomalous"]
     settings = summary.get("settings") or {}
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items()
-                             if k in ("backbone", "weights", "image_size", "r_list", "k_list",
+                             if k in ("backbone", "weights", "image_size", "preset", "r_list", "k_list",
                                       "contamination"))
     rows = []
     for rank, r in enumerate(images, 1):

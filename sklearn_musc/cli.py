@@ -32,10 +32,12 @@ from ._inputs import InputError, check_readable, collect_images, display_name
 from ._outputs import OutputFolder, ScoreResults, output_names
 from ._validation import check_contamination, check_int_list, check_size
 from .preprocessing import IMAGE_SUFFIXES, ImageFiles, maps_to_original
-from .presets import PRESETS, STEPS, make_musc_pipeline, pretrained_from_options
+from .presets import PRESETS, STEPS, available_presets, make_musc_pipeline, pretrained_from_options
 
 DEMO_BACKBONE = "timm:vit_small_patch14_dinov2.lvd142m"
-PRESET = PRESETS["default"]  # the model options' defaults (the demo has its own backbone and size)
+PRESET = PRESETS["default"]  # the backbone options' defaults (the demo has its own backbone and size)
+# options whose default is the --preset's value
+_PRESET_OPTIONS = {"r_list": "lnamd__r_list", "k_list": "rscin__k_list"}
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -94,10 +96,13 @@ def _add_model_options(parser, *, backbone, image_size):
     g.add_argument("--weights", type=Path, default=None, help="local weights file (offline); overrides --pretrained")
     g.add_argument("--image-size", type=_image_size, default=image_size, help="N or HxW (default %(default)s)")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="0-based blocks (default: 4 stage ends)")
-    g.add_argument("--r-list", type=int, nargs="+", default=list(PRESET["lnamd__r_list"]),
-                   help="LNAMD degrees (odd)")
-    g.add_argument("--k-list", type=int, nargs="+", default=list(PRESET["rscin__k_list"]),
-                   help="RsCIN windows (>= 1)")
+    g.add_argument("--preset", choices=available_presets(), default="default",
+                   help="settings after the backbone (sklearn_musc.presets): the library's defaults, or the "
+                        "MuSc paper's for a dataset (default %(default)s)")
+    g.add_argument("--r-list", type=int, nargs="+", default=None,
+                   help="LNAMD degrees (odd; default: the preset's, 1 3 5)")
+    g.add_argument("--k-list", type=int, nargs="+", default=None,
+                   help="RsCIN windows (>= 1; default: the preset's, 1 7 by default)")
     g.add_argument("--contamination", type=_contamination, default="auto", help="'auto' or a share in (0, 0.5]")
     g.add_argument("--max-subset-size", type=int, default=None, help="score random subsets of at most this size")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -108,23 +113,31 @@ def _add_model_options(parser, *, backbone, image_size):
     _add_common_options(parser)
 
 
+def option(args, name):
+    """The value of a model option, or the ``--preset``'s when it was left out (``r_list``, ``k_list``)."""
+    value = getattr(args, name)
+    if value is None and name in _PRESET_OPTIONS:
+        return list(PRESETS[args.preset][_PRESET_OPTIONS[name]])
+    return value
+
+
 def build_pipeline(args, pretrained, novelty=False):
-    """The "default" preset with the command-line options (``novelty``: a model for ``fit``)."""
+    """The ``--preset`` (default: "default") with the command-line options (``novelty``: a model for ``fit``)."""
     return make_musc_pipeline(
-        "default",
+        args.preset,
         vit__backbone=args.backbone, vit__pretrained=pretrained, vit__image_size=args.image_size,
         vit__layers=args.layers, vit__device=args.device, vit__batch_size=args.batch_size,
         vit__progress=not args.no_progress,
-        lnamd__r_list=tuple(args.r_list), lnamd__device=args.device,
+        lnamd__r_list=tuple(option(args, "r_list")), lnamd__device=args.device,
         lnamd__dtype=getattr(args, "features_dtype", "float32"),
         msm__contamination=args.contamination, msm__device=args.device,
         msm__max_subset_size=args.max_subset_size, msm__novelty=novelty,
-        rscin__k_list=tuple(args.k_list), rscin__contamination=args.contamination, rscin__novelty=novelty,
+        rscin__k_list=tuple(option(args, "k_list")), rscin__contamination=args.contamination, rscin__novelty=novelty,
     )
 
 
 # the options that define a model: fixed by --model, so refused beside it
-MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "r_list", "k_list",
+MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "preset", "r_list", "k_list",
                  "contamination", "max_subset_size")
 MODEL_STEPS = list(STEPS)
 
@@ -144,8 +157,8 @@ def check_options(args):
         except (ValueError, TypeError) as exc:
             raise InputError(str(exc)) from None
 
-    check(check_int_list, args.r_list, "--r-list", odd=True)
-    check(check_int_list, args.k_list, "--k-list")
+    check(check_int_list, option(args, "r_list"), "--r-list", odd=True)
+    check(check_int_list, option(args, "k_list"), "--k-list")
     check(check_contamination, args.contamination)
     check(check_size, args.image_size, "--image-size")
     if args.max_subset_size is not None and args.max_subset_size < 2:
@@ -307,7 +320,7 @@ def compute(pipe, paths, names, *, skipped=(), settings=None):
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
         detector_scores=msm.anomaly_scores_, threshold=rscin.threshold_,
         anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, masks=msm.anomaly_masks_, settings=dict(settings or {}), timings=timings,
+        input_size=vit.input_size_, masks=rscin.anomaly_masks_, settings=dict(settings or {}), timings=timings,
         skipped=skipped,
     )
 
@@ -318,7 +331,7 @@ def _settings(args, pipe):
         "backbone": vit.backbone_, "pretrained": None if args.weights is not None else _pretrained(args),
         "weights": str(args.weights) if args.weights is not None else None,
         "image_size": list(vit.input_size_), "layers": list(vit.layers_),
-        "r_list": list(args.r_list), "k_list": list(args.k_list),
+        "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
         "contamination": args.contamination, "max_subset_size": args.max_subset_size,
         "device": str(vit.device_), "batch_size": args.batch_size,
     }
@@ -345,7 +358,7 @@ def print_summary(results, seconds, contamination="auto", stream=None):
 def _load_checked_backbone(args, pipe):
     _stage(f"[1/5] loading the backbone {args.backbone}")
     vit = load_backbone(pipe["vit"])
-    r_max, grid = max(args.r_list), vit.grid_size_
+    r_max, grid = max(option(args, "r_list")), vit.grid_size_
     if r_max > 2 * min(grid) - 1:
         raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
                          f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
@@ -439,7 +452,7 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None):
     return ScoreResults(
         paths=paths, names=names, scores=scores, labels=np.where(scores > rscin.threshold_, -1, 1),
         detector_scores=new.scores, threshold=rscin.threshold_, anomaly_maps=new.anomaly_maps,
-        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=new.anomaly_masks,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=rscin.predict_masks(new),
         settings=dict(settings or {}), timings=timings, skipped=skipped,
     )
 

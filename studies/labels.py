@@ -1,8 +1,7 @@
 """Study for issue #11: label-free image labels and pixel masks on three kinds of batch.
 
-For every shared MVTec AD category (DINOv2 ViT-S/14 at 224, default pipeline:
-LNAMD r = 1, 3, 5; MSM topmin 0..0.3; RsCIN k = (1, 2, 3)) three batches are
-built from the test folder:
+For every shared MVTec AD category (DINOv2 ViT-S/14 at 224, the estimators'
+defaults after the backbone) three batches are built from the test folder:
 
 - ``heavy``: the whole test folder (60-75 % defective);
 - ``prod``: all good images + round(0.1 * n_good) defective ones, drawn with a
@@ -11,7 +10,9 @@ built from the test folder:
 
 MSM runs once per batch (the expensive part); its patch scores, image scores
 and RsCIN inputs are kept in ``$MUSC_LABELS_CACHE`` (default
-``/tmp/musc-labels-cache``), so candidate rules are cheap to try::
+``/tmp/musc-labels-cache/<aggregation>-t<topmin_max>``, one folder per
+default setting),
+so candidate rules are cheap to try::
 
     python studies/labels.py compute            # MSM of the 45 batches (cached)
     python studies/labels.py rules              # image-label rules, both halves
@@ -38,7 +39,9 @@ from _cache import TUNE, categories, load  # noqa: E402
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
 from sklearn_musc.metrics import image_f1_max, pixel_f1_max  # noqa: E402
 
-OUT = Path(os.environ.get("MUSC_LABELS_CACHE", "/tmp/musc-labels-cache"))
+# one folder per default setting: the study follows the estimators' defaults
+_DEFAULTS = f"{LNAMDTransformer().aggregation}-t{MutualScoringDetector().topmin_max}"
+OUT = Path(os.environ.get("MUSC_LABELS_CACHE", f"/tmp/musc-labels-cache/{_DEFAULTS}"))
 PYTHRESH_LIB = os.environ.get("PYTHRESH_LIB", "/tmp/pythresh-lib")
 KINDS = ("heavy", "prod", "clean")
 SEED = 0
@@ -98,9 +101,9 @@ def compute(category):
 # image-score scale (an image is flagged when its score is above it)
 # ---------------------------------------------------------------------------
 
-def rscin_raw(b, k_list=(1, 2, 3)):
-    """RsCIN applied to the raw scores (its row weights sum to 1)."""
-    return RsCINRescorer(k_list=k_list).fit(b["embeddings"], scores=b["image"]).anomaly_scores_
+def rscin_raw(b):
+    """RsCIN with its defaults (the embedding "auto" picks: the salient feature) on the raw scores."""
+    return RsCINRescorer().fit(b["salient"], scores=b["image"]).anomaly_scores_
 
 
 def f1(y, flagged):
@@ -322,7 +325,7 @@ def maps_of(b):
 def final_rows(data):
     """Per category and batch kind: the package's default rule against the old one."""
     from sklearn_musc import ImageScores
-    from sklearn_musc._threshold import defect_masks, threshold_scores
+    from sklearn_musc._threshold import threshold_scores
     rows = {}
     for c, r in data.items():
         row = {}
@@ -330,11 +333,12 @@ def final_rows(data):
             b = r[kind]
             y, s = b["labels"], b["image"]
             t, lab = threshold_scores(s, "auto")
-            rs = RsCINRescorer().fit(ImageScores(scores=s, embeddings=b["embeddings"], threshold=t))
+            maps = maps_of(b)
+            rs = RsCINRescorer().fit(ImageScores(scores=s, embeddings=b["embeddings"],
+                                                 salient_features=b["salient"], threshold=t, anomaly_maps=maps))
             sr = rs.anomaly_scores_
             old = sr > mad_rule(3)(sr)
-            maps = maps_of(b)
-            masks = defect_masks(maps, lab, t)
+            masks = rs.anomaly_masks_  # the pipeline's masks: they follow RsCIN's labels
             if kind == "clean":
                 row[kind] = dict(n=len(y), det=int(np.sum(lab == -1)), new=int(np.sum(rs.labels_ == -1)),
                                  old=int(old.sum()), pix=float(masks.mean()))

@@ -9,8 +9,11 @@ image AUROC of the repeated-defect images against the good ones (before
 RsCIN) and of all defective images::
 
     python studies/repeated_defects.py
+    REPEAT_TOPMIN=0.2 REPEAT_RATIOS=none python studies/repeated_defects.py   # one interval, plain only
+    REPEAT_AGGREGATION=similarity ...                                           # MuSc-V2's SNAMD
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,8 +29,11 @@ from sklearn_musc.datasets import make_synthetic_defects  # noqa: E402
 
 N, UNIQUE = 60, 3
 SHARES = (0.05, 0.1, 0.2, 0.3)
-RATIOS = (None, 0.3, 0.5)
-TOPMIN_MAX = (0.3, 0.1)  # the paper's interval, and the narrower one studies/options.py measures
+# repeat_ratio values (None: plain MuSc) and topmin intervals: the paper's 0.3 and the narrower ones
+# studies/options.py measures; REPEAT_RATIOS="none;0.3", REPEAT_TOPMIN="0.2" choose others
+RATIOS = tuple(None if r == "none" else float(r) for r in os.environ.get("REPEAT_RATIOS", "none;0.3;0.5").split(";"))
+TOPMIN_MAX = tuple(float(t) for t in os.environ.get("REPEAT_TOPMIN", "0.3;0.1").split(";"))
+AGGREGATION = os.environ.get("REPEAT_AGGREGATION", "mean")  # LNAMDTransformer(aggregation=...)
 
 
 def batch(kind, share, seed):
@@ -43,7 +49,8 @@ def main():
         for share in SHARES:
             for seed in (0, 1, 2):
                 data = batch(kind, share, seed)
-                feats = LNAMDTransformer(device="cpu").fit_transform(model.transform(list(data.images)))
+                lnamd = LNAMDTransformer(device="cpu", aggregation=AGGREGATION)
+                feats = lnamd.fit_transform(model.transform(list(data.images)))
                 types = np.array(data.defect_types)
                 rep, good = types == "spot-repeated", types == "good"
                 for top in TOPMIN_MAX:
@@ -57,8 +64,10 @@ def main():
                 print(kind, share, seed, {(t, r): np.round(rows[(kind, share, t, r)][-1], 3)
                                           for t in TOPMIN_MAX for r in RATIOS}, flush=True)
     for top in TOPMIN_MAX:
-        print(f"\ntopmin_max {top}\n| product | repeated share | plain MuSc: repeated / all | repeat_ratio 0.3 "
-              "| repeat_ratio 0.5 |\n|---|---|---|---|---|")
+        head = " | ".join("plain MuSc" if r is None else f"repeat_ratio {r}" for r in RATIOS)
+        print(f"\n{AGGREGATION} aggregation, topmin_max {top} (image AUROC: repeated / all)\n"
+              f"| product | repeated share | {head} |\n"
+              + "|---" * (2 + len(RATIOS)) + "|")
         for kind in ("texture", "object"):
             for share in SHARES:
                 cells = [np.mean(rows[(kind, share, top, r)], axis=0) for r in RATIOS]

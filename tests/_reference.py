@@ -7,6 +7,10 @@ import math
 
 import numpy as np
 
+# The detector's default interval [0, TOPMIN_MAX) of the other images (the paper's is 0.3), so that
+# a reference called without bounds is compared with a detector built without them.
+TOPMIN_MAX = 0.2
+
 
 def lnamd(tokens, r_list):
     """SPEC 2: (N, n_layers, h, w, C) -> (N, n_layers * len(r_list), h, w, C)."""
@@ -59,7 +63,7 @@ def snamd(tokens, r_list):
     return out
 
 
-def msm_one_set(Z, topmin_min=0.0, topmin_max=0.3):
+def msm_one_set(Z, topmin_min=0.0, topmin_max=TOPMIN_MAX):
     """SPEC 3 for one feature set Z (N, L, C): interval averages (N, L)."""
     Z = np.asarray(Z, dtype=np.float64)
     n, L, _ = Z.shape
@@ -78,7 +82,7 @@ def msm_one_set(Z, topmin_min=0.0, topmin_max=0.3):
     return out
 
 
-def msm_sets(features, topmin_min=0.0, topmin_max=0.3):
+def msm_sets(features, topmin_min=0.0, topmin_max=TOPMIN_MAX):
     """SPEC 3 for every set of (N, n_sets, h, w, C) features: (N, n_sets, h, w)."""
     n, n_sets, h, w, c = features.shape
     return np.stack(
@@ -173,7 +177,7 @@ def nearest_distances(a, b, grid=None, radius=None):
     return out
 
 
-def scored_by(image, scorers, topmin_min=0.0, topmin_max=0.3, reduction="interval", grid=None, radius=None):
+def scored_by(image, scorers, topmin_min=0.0, topmin_max=TOPMIN_MAX, reduction="interval", grid=None, radius=None):
     """SPEC 3 for one image of one set: its patch scores (L,) given its scorer images.
 
     ``scorers`` are the images that score it (the other images of its batch,
@@ -190,7 +194,7 @@ def scored_by(image, scorers, topmin_min=0.0, topmin_max=0.3, reduction="interva
     return d[k_min:k_max].mean(axis=0)
 
 
-def msm_without_repeats(Z, ratio, topmin_min=0.0, topmin_max=0.3, references=None):
+def msm_without_repeats(Z, ratio, topmin_min=0.0, topmin_max=TOPMIN_MAX, references=None):
     """MutualScoringDetector(repeat_ratio=ratio) for one feature set, in loops: (N, L) scores.
 
     ``Z`` (N, L, C) the batch, ``references`` (R, L, C) or None. An image's top

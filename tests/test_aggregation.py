@@ -13,7 +13,7 @@ from sklearn_musc import FeatureSets, LNAMDTransformer, PatchTokens
 @pytest.mark.parametrize("r_list", [(1, 3, 5), (1,), (3, 7)])
 def test_lnamd_matches_float64_reference(rng, r_list):
     tokens = make_tokens(rng, n=3, n_layers=2, h=6, w=5, dim=12)
-    out = LNAMDTransformer(r_list=r_list, device="cpu").fit_transform(tokens)
+    out = LNAMDTransformer(r_list=r_list, aggregation="mean", device="cpu").fit_transform(tokens)
     expected = ref.lnamd(tokens, r_list)
     assert out.features.dtype == np.float32
     assert out.features.shape == expected.shape
@@ -44,8 +44,9 @@ def test_metadata_passes_through_and_layers_name_the_sets(rng):
         tokens=tokens.astype(np.float16), embeddings=emb, input_size=(50, 50),
         original_sizes=((60, 80),) * 3, layers=(5, 11), sources=("a", "b", "c"),
     )
-    out = LNAMDTransformer(r_list=(1, 3), device="cpu").fit_transform(batch)
+    out = LNAMDTransformer(r_list=(1, 3), aggregation="mean", device="cpu").fit_transform(batch)
     assert out.set_index == ((5, 1), (5, 3), (11, 1), (11, 3))
+    assert LNAMDTransformer(r_list=(1, 3), device="cpu").fit_transform(batch).set_index == ((5, 0), (11, 0))
     assert out.embeddings is emb and out.input_size == (50, 50)
     assert out.sources == ("a", "b", "c") and out.original_sizes == ((60, 80),) * 3
     sub = out.take([2, 0])
@@ -59,12 +60,14 @@ def test_metadata_passes_through_and_layers_name_the_sets(rng):
 def test_sklearn_contract(rng):
     est = LNAMDTransformer(r_list=[1, 3])
     assert est.get_params() == {
-        "r_list": [1, 3], "aggregation": "mean", "device": "auto", "batch_size": 32, "dtype": "float32"}
+        "r_list": [1, 3], "aggregation": "similarity", "device": "auto", "batch_size": 32, "dtype": "float32"}
     assert clone(est).r_list == [1, 3]
     with pytest.raises(NotFittedError):
         est.transform(make_tokens(rng))
     est.set_params(device="cpu").fit(make_tokens(rng))
-    assert est.set_index_ == ((0, 1), (0, 3), (1, 1), (1, 3))
+    assert est.set_index_ == ((0, 0), (1, 0))  # SNAMD: one set per layer
+    assert clone(est).set_params(aggregation="mean").fit(make_tokens(rng)).set_index_ == \
+        ((0, 1), (0, 3), (1, 1), (1, 3))
     assert isinstance(est.transform(make_tokens(rng, n=2)), FeatureSets)
 
 
@@ -106,7 +109,7 @@ def test_bad_inputs(rng):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_each_feature_set_is_contiguous_in_memory(rng, dtype):
     """MSM reads one set at a time: LNAMD lays each out as one block."""
-    feats = LNAMDTransformer(r_list=(1, 3), device="cpu", batch_size=2, dtype=dtype).fit_transform(
+    feats = LNAMDTransformer(r_list=(1, 3), aggregation="mean", device="cpu", batch_size=2, dtype=dtype).fit_transform(
         make_tokens(rng, n=5, n_layers=2, h=4, w=4, dim=8))
     assert feats.features.shape == (5, 4, 4, 4, 8) and feats.features.dtype == dtype
     for s in range(4):

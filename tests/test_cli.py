@@ -322,6 +322,23 @@ def test_options_reach_the_estimators():
     assert pipe["msm"].contamination == 0.1 and pipe["msm"].max_subset_size == 50
 
 
+def test_preset_option_sets_the_steps_after_the_backbone():
+    """--preset paper-visa: the paper's aggregation, interval and RsCIN; given lists still win."""
+    def pipeline(*options):
+        args = cli.build_parser().parse_args(["score", "d", "--out", "o", *options])
+        return cli.build_pipeline(args, cli._pretrained(args))
+
+    paper = pipeline("--preset", "paper-visa")
+    assert (paper["lnamd"].aggregation, paper["msm"].topmin_max, paper["rscin"].k_list,
+            paper["rscin"].embedding) == ("mean", 0.3, (1, 8, 9), "image")
+    default = pipeline()
+    assert (default["lnamd"].aggregation, default["msm"].topmin_max, default["rscin"].k_list) == \
+        ("similarity", 0.2, (1, 7))
+    assert pipeline("--preset", "paper-mvtec", "--k-list", "1", "5")["rscin"].k_list == (1, 5)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["score", "d", "--out", "o", "--preset", "paper"])
+
+
 def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_hub_reachable", lambda: False)
     import huggingface_hub.constants

@@ -215,7 +215,7 @@ def test_numpy_batch_size_runs(rng):
         (LNAMDTransformer(dtype="float64"), "^dtype must be 'float32' or 'float16', got 'float64'$"),
         (RsCINRescorer(k_list=[1, True]), "^k_list must be a non-empty sequence of ints >= 1"),
         (RsCINRescorer(threshold=np.inf), "^threshold must be None or a finite float, got inf$"),
-        (RsCINRescorer(embedding="mean"), "^embedding must be one of 'auto', 'image', 'salient', got 'mean'$"),
+        (RsCINRescorer(embedding="mean"), "^embedding must be one of 'auto', 'salient', 'image', got 'mean'$"),
         (ViTPatchTransformer(image_size=(28, 0)), "^image_size must be a positive int or a"),
         (ViTPatchTransformer(layers="ab"), "^layers must be None or a non-empty sequence of ints, got 'ab'$"),
         (ViTPatchTransformer(progress=1), "^progress must be True or False, got 1$"),

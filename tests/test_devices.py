@@ -56,8 +56,10 @@ def test_detector_matches_the_reference(rng, device, streamed):
 @pytest.mark.parametrize("device", DEVICES)
 def test_lnamd_matches_the_reference(rng, device):
     tokens = make_tokens(rng, n=3, h=5, w=6, dim=8)
-    feats = LNAMDTransformer(device=device).fit_transform(tokens)
+    feats = LNAMDTransformer(aggregation="mean", device=device).fit_transform(tokens)
     assert np.abs(feats.features - ref.lnamd(tokens, (1, 3, 5))).max() < 1e-5
+    snamd = LNAMDTransformer(device=device).fit_transform(tokens)  # the default: SNAMD
+    assert np.abs(snamd.features - ref.snamd(tokens, (1, 3, 5))).max() < 1e-5
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -98,10 +98,15 @@ def test_features_made_otherwise_are_refused_naming_the_setting(rng):
     feats = features_of(tokens)
     feats.backbone, feats.input_size = "timm:a", (8, 8)
     det = MutualScoringDetector(novelty=True, device="cpu").fit(feats)
-    other = features_of(tokens, r_list=(1, 5))
+    other = features_of(tokens, r_list=(1, 5))  # SNAMD (the default): the same sets, other degrees
     other.backbone, other.input_size = "timm:a", (8, 8)
-    with pytest.raises(ValueError, match="LNAMD degree"):
+    with pytest.raises(ValueError, match=r"aggregation.*\('similarity', \(1, 5\)\) vs \('similarity', \(1, 3\)\)"):
         det.predict(other)
+    mean = LNAMDTransformer(r_list=(1, 3), aggregation="mean", device="cpu")
+    det_mean = MutualScoringDetector(novelty=True, device="cpu").fit(mean.fit_transform(tokens))
+    other = mean.set_params(r_list=(1, 5)).fit_transform(tokens)
+    with pytest.raises(ValueError, match="LNAMD degree"):
+        det_mean.predict(other)
     other = features_of(tokens)
     other.backbone, other.input_size = "timm:b", (8, 8)
     with pytest.raises(ValueError, match="backbone.*timm:b"):

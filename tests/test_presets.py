@@ -14,14 +14,19 @@ from conftest import load_script
 STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm", MutualScoringDetector),
               ("rscin", RsCINRescorer)]
 
-# The paper's setting, written out: what the command line and reproduce.py built by hand before the presets.
+# The paper's setting, written out: what the command line and reproduce.py built by hand before the presets,
+# and the settings whose estimator defaults now differ from the paper's (aggregation, interval, filter, embedding).
 PAPER = {
     "vit__backbone": "open_clip:ViT-L-14-336", "vit__pretrained": "openai", "vit__image_size": 518,
-    "vit__layers": None, "vit__random_state": 0, "lnamd__r_list": (1, 3, 5), "msm__topmin_min": 0.0,
-    "msm__topmin_max": 0.3, "msm__random_state": 0, "rscin__k_list": (1, 2, 3),
+    "vit__layers": None, "vit__random_state": 0, "lnamd__r_list": (1, 3, 5), "lnamd__aggregation": "mean",
+    "msm__topmin_min": 0.0, "msm__topmin_max": 0.3, "msm__repeat_ratio": None, "msm__random_state": 0,
+    "rscin__k_list": (1, 2, 3), "rscin__embedding": "image",
 }
+# The library's defaults after the backbone (benchmarks/RESULTS.md, "Beyond the paper").
+DEFAULTS = {"lnamd__aggregation": "similarity", "msm__topmin_max": 0.2, "rscin__k_list": (1, 7),
+            "rscin__embedding": "auto"}
 EXPECTED = {
-    "default": {**PAPER, "vit__pretrained": True},
+    "default": {**PAPER, "vit__pretrained": True, **DEFAULTS},
     "paper-mvtec": PAPER,
     "paper-visa": {**PAPER, "rscin__k_list": (1, 8, 9)},
     "paper-btad": PAPER,
@@ -55,6 +60,16 @@ def test_each_preset_builds_the_four_steps_with_its_values(preset):
 
 def test_default_preset_is_the_default():
     assert params(make_musc_pipeline()) == params(make_musc_pipeline("default"))
+
+
+def test_default_preset_keeps_the_estimators_defaults_and_the_paper_presets_pin_the_paper():
+    """After the backbone, "default" is what the estimators do unconfigured (seeded); the paper presets are not."""
+    bare = params(Pipeline([(name, cls()) for name, cls in STEP_TYPES]))
+    default = params(make_musc_pipeline())
+    after_backbone = [k for k in bare if not k.startswith("vit__") and k != "msm__random_state"]
+    assert {k: default[k] for k in after_backbone} == {k: bare[k] for k in after_backbone}
+    paper = params(make_musc_pipeline("paper-mvtec"))
+    assert {k for k in DEFAULTS if paper[k] != bare[k]} == set(DEFAULTS)
 
 
 @pytest.mark.parametrize("preset", ["paper", "", "Paper-MVTec", None, 3])
@@ -110,10 +125,10 @@ def test_cli_pipeline_is_the_default_preset_with_its_options():
     expected = {
         "vit": dict(backbone="open_clip:ViT-L-14-336", pretrained=True, image_size=518, layers=None,
                     device="cpu", batch_size=4, progress=False, random_state=0),
-        "lnamd": dict(r_list=(1, 3, 5), device="cpu", dtype="float32"),
+        "lnamd": dict(r_list=(1, 3, 5), aggregation="similarity", device="cpu", dtype="float32"),
         "msm": dict(contamination="auto", device="cpu", max_subset_size=None, random_state=0, novelty=True,
-                    topmin_max=0.3),
-        "rscin": dict(k_list=(1, 2, 3), contamination="auto", novelty=True),
+                    topmin_max=0.2),
+        "rscin": dict(k_list=(1, 7), embedding="auto", contamination="auto", novelty=True),
     }
     for step, values in expected.items():
         assert {k: pipe[step].get_params()[k] for k in values} == values, step
