@@ -383,7 +383,8 @@ def run_score(args, directory, pretrained):
     t = time.perf_counter()
     files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
     print(f"wrote {len(files)} files to {folder.path}/ (scores.csv, summary.json, report.html"
-          f"{', overlays/' if not args.no_overlays else ''}, maps/) in {time.perf_counter() - t:.1f} s")
+          f"{', overlays/' if not args.no_overlays else ''}, maps/"
+          f"{', masks/' if results.masks is not None else ''}) in {time.perf_counter() - t:.1f} s")
     return results
 
 
