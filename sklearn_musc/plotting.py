@@ -21,10 +21,9 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from .preprocessing import read_rgb, resize_mask
+from .preprocessing import read_rgb, resize_map, resize_mask
 
 __all__ = [
     "anomaly_map_rgb",
@@ -111,16 +110,6 @@ def _as_map(anomaly_map):
     if not np.all(np.isfinite(anomaly_map)):
         raise ValueError("the anomaly map holds NaN or infinite values")
     return anomaly_map
-
-
-def _resize_map(anomaly_map, size):
-    """Bilinear resize of a float map to (H, W) (pixel centres aligned)."""
-    if anomaly_map.shape == tuple(size):
-        return anomaly_map
-    resized = Image.fromarray(anomaly_map.astype(np.float32)).resize(
-        (size[1], size[0]), Image.BILINEAR
-    )
-    return np.asarray(resized, dtype=np.float64)
 
 
 def _check_bounds(vmin, vmax):
@@ -264,7 +253,7 @@ def anomaly_map_rgb(
     """
     rgb = read_rgb(image, dtype=np.float64)  # decoded as the model decodes it
     size = rgb.shape[:2]
-    values = _resize_map(_as_map(anomaly_map), size)
+    values = resize_map(_as_map(anomaly_map), size)
     vmin, vmax = _check_bounds(vmin, vmax)
     alpha = _check_alpha(alpha)
     lut = _lut(cmap)
@@ -345,7 +334,7 @@ def overlay_anomaly_map(
     plt = _import_pyplot("overlay_anomaly_map")
     rgb = read_rgb(image, dtype=np.float64)  # decoded as the model decodes it
     size = rgb.shape[:2]
-    values = _resize_map(_as_map(anomaly_map), size)
+    values = resize_map(_as_map(anomaly_map), size)
     if isinstance(normalize, str) and normalize in ("image", "batch"):
         vmin, vmax = normalization_bounds([anomaly_map], "image")[0]
     else:

@@ -41,7 +41,8 @@ Geometry
 input and cuts the input from its centre; :func:`resize_crop_geometry` and
 :func:`crop_box` say where the input lies on the image. :func:`masks_to_input`
 takes ground-truth masks the same way (nearest neighbour, through
-:func:`resize_mask`), and :func:`maps_to_original` and
+:func:`resize_mask`; a float map is resized by :func:`resize_map`), and
+:func:`maps_to_original` and
 :func:`masks_to_original` (with :func:`paste_to_original`) put what the model
 produced back on the original images.
 """
@@ -76,6 +77,7 @@ __all__ = [
     "read_mask",
     "read_rgb",
     "resize_crop_geometry",
+    "resize_map",
     "resize_mask",
 ]
 
@@ -439,6 +441,37 @@ def resize_mask(mask, size):
         return mask
     resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
     return np.asarray(resized) > 127
+
+
+def resize_map(anomaly_map, size):
+    """Resize a float anomaly map bilinearly (pixel centres aligned), e.g. onto its image.
+
+    Parameters
+    ----------
+    anomaly_map : array-like of shape (h, w)
+        Float values.
+    size : int or (int, int)
+        The (height, width) wanted.
+
+    Returns
+    -------
+    anomaly_map : ndarray of shape (height, width), float64
+        The map itself (as float64) when it already has that size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> resize_map(np.array([[0.0, 1.0]]), (1, 4)).round(2).tolist()
+    [[0.0, 0.25, 0.75, 1.0]]
+    """
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"an anomaly map must have shape (h, w), got {anomaly_map.shape}")
+    height, width = check_size(size, "size")
+    if anomaly_map.shape == (height, width):
+        return anomaly_map
+    resized = Image.fromarray(anomaly_map.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    return np.asarray(resized, dtype=np.float64)
 
 
 def _default_source(item):
