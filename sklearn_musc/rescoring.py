@@ -143,9 +143,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         Only when ``X`` carries anomaly maps (the ``ImageScores`` of
         :class:`MutualScoringDetector`): the defect mask of each image
         labelled -1 here, by the detector's rule (docs/algorithm.rst, "Labels
-        and masks") with ``threshold_`` as the pixel level (the re-scored
-        values are on the detector's scale); empty for images labelled 1, so
-        the pipeline's final labels and masks agree. Measured on MVTec AD
+        and masks": the pixels above half-way from the image's median map
+        value to its peak); empty for images labelled 1, so the pipeline's
+        final labels and masks agree. Measured on MVTec AD
         (``studies/labels.py``), masks that follow these labels instead of
         the detector's double the pixel F1 / F1-max on defect-heavy batches.
     k_list_ : tuple of int
@@ -234,7 +234,7 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, threshold)
         maps = X.anomaly_maps if isinstance(X, ImageScores) else None
         if maps is not None:
-            self.anomaly_masks_ = defect_masks(maps, self.labels_, self.threshold_)
+            self.anomaly_masks_ = defect_masks(maps, self.labels_)
         else:
             self.__dict__.pop("anomaly_masks_", None)
         if self.novelty:
@@ -355,7 +355,7 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         if not isinstance(X, ImageScores) or X.anomaly_maps is None:
             raise ValueError("predict_masks needs an ImageScores with anomaly maps, as "
                              "MutualScoringDetector(novelty=True).transform returns")
-        return defect_masks(X.anomaly_maps, self.predict(X), self.threshold_)
+        return defect_masks(X.anomaly_maps, self.predict(X))
 
     def fit_predict(self, X, y=None, scores=None):
         """Rescore the batch and return its labels (1 normal, -1 anomalous).

@@ -165,18 +165,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         Images scoring strictly above it are labelled -1.
     labels_ : ndarray of shape (n_images,)
         1 for normal, -1 for anomalous (PyOD's ``labels_`` use 0 and 1).
-    pixel_threshold_ : float
-        The normal level of the maps, equal to ``threshold_`` (an image is
-        anomalous exactly when its map exceeds it somewhere). A pixel of an
-        anomalous image is marked when its map value is strictly above both
-        this level and the half-way point between the image's background
-        (this level, or the image's median map value when higher) and its
-        peak: the defect's "half height" (see ``anomaly_masks_``).
     anomaly_masks_ : ndarray of shape (n_images, H, W), bool
         Binary defect masks at the size of ``anomaly_maps_``: the pixels of
-        an image labelled -1 above ``(background + peak) / 2``, background =
-        max(``pixel_threshold_``, the image's median map value); empty for
-        the images labelled 1. ``masks_to_original(anomaly_masks_,
+        an image labelled -1 above ``(background + peak) / 2``, where the
+        background is the image's median map value (the defect's "half
+        height"); empty for the images labelled 1. ``masks_to_original(anomaly_masks_,
         original_sizes_, input_size_)`` gives them at each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).
@@ -381,7 +374,6 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
-        self.pixel_threshold_ = self.threshold_
         self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_)
         self.anomaly_masks_ = self._output.anomaly_masks
         for name in ("_pool_sets", "_pool_inv_norms", "_pool_info", "offset_"):
@@ -409,7 +401,6 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             self.__dict__.pop(name, None)
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.threshold_ = None if self.threshold is None else float(self.threshold)
-        self.pixel_threshold_ = self.threshold_
         self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(X.features)
         self._pool_info = dict(set_index=X.set_index, input_size=X.input_size, sources=X.sources,
                                backbone=X.backbone, aggregation=X.aggregation)
@@ -440,7 +431,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
     def _image_scores(self, X, patch_scores, maps, scores):
         masks = None
         if self.threshold_ is not None:  # None: a one-image pool without a threshold
-            masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1), self.pixel_threshold_)
+            masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1))
         return ImageScores(
             anomaly_masks=masks,
             threshold=self.threshold_,

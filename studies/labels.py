@@ -18,6 +18,7 @@ so candidate rules are cheap to try::
     python studies/labels.py rules              # image-label rules, both halves
     python studies/labels.py pixels             # pixel-threshold rules
     python studies/labels.py table              # markdown table for RESULTS.md
+    python studies/labels.py bound              # what any threshold could reach (uses labels)
 
 Rules are chosen on ``_cache.TUNE`` and confirmed on the other 7 categories.
 No labels are used by any rule; they only score the outcome.
@@ -382,6 +383,63 @@ def table(rows):
     return "\n".join(lines)
 
 
+def threshold_options(y, s, clean):
+    """For every cut of ``s``: (clean images above it, best F1 / F1-max at that count).
+
+    ``clean`` holds the scores of the same product's clean batch; the scores
+    are on the detector's scale, so one threshold applies to both batches.
+    """
+    fm = image_f1_max(y, s)
+    x = np.sort(s)[::-1]
+    best = {}
+    for t in np.concatenate([[x[0] + 1.0], 0.5 * (x[:-1] + x[1:]), [x[-1] - 1.0]]):
+        n = int(np.sum(clean > t))
+        best[n] = max(best.get(n, 0.0), f1(y, s > t) / fm)
+    return best
+
+
+def bound(data, kind, budget):
+    """The best mean F1 / F1-max over categories that thresholds chosen WITH the labels reach.
+
+    One threshold per category, applied to the ``kind`` batch and to the
+    same product's clean batch, flagging at most ``budget`` clean images over
+    all categories (the clean target). No label-free rule that gives both
+    batches of a product the same threshold can do better; a rule can only
+    do better where it tells the two batches apart. Returns the mean and the
+    per-category ratio of the best allocation (dynamic programme over the
+    clean images flagged).
+    """
+    options = {}
+    for c, r in data.items():
+        b, cl = r[kind], r["clean"]
+        options[c] = threshold_options(b["labels"], rscin_raw(b), rscin_raw(cl))
+    table = {0: (0.0, {})}  # clean images flagged -> (sum of ratios, choice per category)
+    for c, opts in options.items():
+        nxt = {}
+        for used, (total, pick) in table.items():
+            for n, ratio in opts.items():
+                if used + n <= budget and (used + n not in nxt or nxt[used + n][0] < total + ratio):
+                    nxt[used + n] = (total + ratio, {**pick, c: (ratio, n)})
+        table = nxt
+    total, pick = max(table.values(), key=lambda v: v[0])
+    return total / len(options), pick
+
+
+def print_bounds(data):
+    n_clean = sum(len(r["clean"]["labels"]) for r in data.values())
+    budget = int(0.01 * n_clean)
+    print(f"clean images: {n_clean}; the clean target allows {budget} flagged")
+    for kind in ("prod", "heavy"):
+        mean, pick = bound(data, kind, budget)
+        print(f"\n{kind}: best mean F1 / F1-max with <= {budget} clean images flagged: {mean:.3f}")
+        for c, (ratio, n) in pick.items():
+            r = data[c]
+            opts = threshold_options(r[kind]["labels"], rscin_raw(r[kind]), rscin_raw(r["clean"]))
+            need = min((m for m, v in opts.items() if v >= 0.7 - 1e-9), default=None)
+            print(f"  {c:11s} {ratio:.2f} ({n} clean flagged); at 0 flagged {opts.get(0, 0.0):.2f}; "
+                  f"clean flagged for >= 0.70: {need} of {len(r['clean']['labels'])}")
+
+
 def main(argv):
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
@@ -402,6 +460,8 @@ def main(argv):
             for name, per in rows.items():
                 for c in cats:
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
+    elif what == "bound":
+        print_bounds(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
     elif what == "table":
         cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
         if os.environ.get("LABELS_SKEW_GUARD") == "0":  # the rule without its Gumbel guard

@@ -143,13 +143,12 @@ def test_threshold_parameter_masks_and_carried_threshold(rng):
     det = MutualScoringDetector(device="cpu").fit(feats)
     assert det.labels_[3] == -1
     assert det.anomaly_masks_.shape == det.anomaly_maps_.shape == (10, 12, 12)
-    assert det.anomaly_masks_.dtype == bool and det.pixel_threshold_ == det.threshold_
+    assert det.anomaly_masks_.dtype == bool
     normal = det.labels_ == 1
     assert not det.anomaly_masks_[normal].any()  # empty on the images labelled normal
-    # half height: above the level and above half-way from it to the image's peak
+    # half height: above half-way from the image's median map value to its peak
     flat = det.anomaly_maps_.reshape(10, -1).astype(np.float64)
-    background = np.maximum(det.pixel_threshold_, np.median(flat, axis=1))[:, None, None]
-    level = np.maximum(det.pixel_threshold_, (background + flat.max(axis=1)[:, None, None]) / 2)
+    level = ((np.median(flat, axis=1) + flat.max(axis=1)) / 2)[:, None, None]
     np.testing.assert_array_equal(det.anomaly_masks_[~normal], (det.anomaly_maps_ > level)[~normal])
     # the defect (2 x 2 of 6 x 6 patches) is marked, not the whole image
     assert det.anomaly_masks_[3].any() and det.anomaly_masks_[3].mean() < 0.5

@@ -34,14 +34,14 @@ def slow_auto(scores):
     return med + _N_SIGMA * 1.4826 * np.median(upper)
 
 
-def slow_masks(maps, labels, level):
+def slow_masks(maps, labels):
     """Half-height masks pixel by pixel."""
     out = np.zeros(maps.shape, dtype=bool)
     for i in range(len(maps)):
         if labels[i] != -1:
             continue
-        background = max(level, np.median(maps[i]))
-        cut = max(level, (background + maps[i].max()) / 2)
+        background = float(np.median(maps[i].astype(np.float64)))
+        cut = (background + float(maps[i].max())) / 2
         for j in np.ndindex(maps.shape[1:]):
             out[(i,) + j] = maps[(i,) + j] > cut
     return out
@@ -149,17 +149,21 @@ def test_contamination_float_keeps_its_meaning(rng):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_masks_are_the_half_height_above_the_level(seed):
+def test_masks_are_the_half_height_from_the_background(seed):
     r = np.random.default_rng(seed)
     maps = r.normal(0.2, 0.02, size=(6, 9, 9)).astype(np.float32)
     maps[1, 2:5, 3:6] += np.linspace(0.1, 0.6, 9, dtype=np.float32).reshape(3, 3)
-    maps[4, 0, 0] = 0.33  # barely above the level: its half height is close to it
+    maps[4, 0, 0] = 0.5  # one strong pixel
+    maps[5] = 0.25  # flat: nothing stands out
     labels = np.array([1, -1, 1, 1, -1, -1])
-    got = defect_masks(maps, labels, 0.3)
-    np.testing.assert_array_equal(got, slow_masks(maps, labels, 0.3))
-    assert not got[labels == 1].any() and got[1].sum() < 9 and got[4, 0, 0]
-    assert not got[5].any()  # labelled -1 but nothing above the level: empty
-    assert defect_masks(maps[:0], labels[:0], 0.3).shape == (0, 9, 9)
+    got = defect_masks(maps, labels)
+    np.testing.assert_array_equal(got, slow_masks(maps, labels))
+    assert not got[labels == 1].any()  # labelled 1: empty, whatever the map
+    # the upper half of the ramp (peak 0.8, background 0.2: above 0.5), not the noise
+    assert 3 <= got[1].sum() < 9 and not got[1, :2].any()
+    assert got[4].sum() == 1 and got[4, 0, 0]
+    assert not got[5].any()  # labelled -1 but flat: no pixel above its half height
+    assert defect_masks(maps[:0], labels[:0]).shape == (0, 9, 9)
 
 
 def test_masks_do_not_cover_an_image_with_a_raised_background():
@@ -169,7 +173,7 @@ def test_masks_do_not_cover_an_image_with_a_raised_background():
     maps[0, 4:6, 4:6] = 0.9  # and a strong small defect
     maps[1] += np.linspace(0.2, 0.3, 100).reshape(10, 10)  # raised everywhere, a mild defect
     maps[1, 0, :3] = 0.55
-    masks = defect_masks(maps, np.array([-1, -1, 1]), 0.3)
+    masks = defect_masks(maps, np.array([-1, -1, 1]))
     assert masks[0].sum() == 4
     # half-way from its own background (the median, 0.45) to its peak: not the whole image
     assert masks[1, 0, :3].all() and masks[1].sum() < 10
