@@ -411,9 +411,10 @@ def bound(data, kind, budget):
     same product's clean batch, flagging at most ``budget`` clean images over
     all categories (the clean target). No label-free rule that gives both
     batches of a product the same threshold can do better; a rule can only
-    do better where it tells the two batches apart. Returns the mean and the
-    per-category ratio of the best allocation (dynamic programme over the
-    clean images flagged).
+    do better where it tells the two batches apart. Returns the mean, the
+    per-category (ratio, clean images flagged) of the best allocation
+    (dynamic programme over the clean images flagged) and each category's
+    :func:`threshold_options`.
     """
     options = {}
     for c, r in data.items():
@@ -428,7 +429,7 @@ def bound(data, kind, budget):
                     nxt[used + n] = (total + ratio, {**pick, c: (ratio, n)})
         table = nxt
     total, pick = max(table.values(), key=lambda v: v[0])
-    return total / len(options), pick
+    return total / len(options), pick, options
 
 
 def print_bounds(data):
@@ -436,14 +437,13 @@ def print_bounds(data):
     budget = int(0.01 * n_clean)
     print(f"clean images: {n_clean}; the clean target allows {budget} flagged")
     for kind in ("prod", "heavy"):
-        mean, pick = bound(data, kind, budget)
+        mean, pick, options = bound(data, kind, budget)
         print(f"\n{kind}: best mean F1 / F1-max with <= {budget} clean images flagged: {mean:.3f}")
         for c, (ratio, n) in pick.items():
-            r = data[c]
-            opts = threshold_options(r[kind]["labels"], rscin_raw(r[kind]), rscin_raw(r["clean"]))
+            opts = options[c]
             need = min((m for m, v in opts.items() if v >= 0.7 - 1e-9), default=None)
             print(f"  {c:11s} {ratio:.2f} ({n} clean flagged); at 0 flagged {opts.get(0, 0.0):.2f}; "
-                  f"clean flagged for >= 0.70: {need} of {len(r['clean']['labels'])}")
+                  f"clean flagged for >= 0.70: {need} of {len(data[c]['clean']['labels'])}")
 
 
 def main(argv):
