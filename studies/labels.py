@@ -40,8 +40,11 @@ from _cache import TUNE, categories, load  # noqa: E402
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
 from sklearn_musc.metrics import image_f1_max, pixel_f1_max  # noqa: E402
 
-# one folder per default setting: the study follows the estimators' defaults
-_DEFAULTS = f"{LNAMDTransformer().aggregation}-t{MutualScoringDetector().topmin_max}"
+# one folder per default setting: the study follows the estimators' defaults;
+# LABELS_LAYERS=2,5,8 scores with a subset of the cached blocks (2, 5, 8, 11) instead
+LAYERS = tuple(int(b) for b in os.environ["LABELS_LAYERS"].split(",")) if os.environ.get("LABELS_LAYERS") else None
+_DEFAULTS = f"{LNAMDTransformer().aggregation}-t{MutualScoringDetector().topmin_max}" + (
+    "-l" + "".join(map(str, LAYERS)) if LAYERS else "")
 OUT = Path(os.environ.get("MUSC_LABELS_CACHE", f"/tmp/musc-labels-cache/{_DEFAULTS}"))
 PYTHRESH_LIB = os.environ.get("PYTHRESH_LIB", "/tmp/pythresh-lib")
 KINDS = ("heavy", "prod", "clean")
@@ -72,6 +75,10 @@ def compute(category):
         time.sleep(5)
     entry = load(category)
     tokens, labels, masks = entry["tokens"], entry["labels"], entry["masks"]
+    if LAYERS:  # a subset of the cached blocks
+        import dataclasses
+        keep = [tokens.layers.index(b) for b in LAYERS]
+        tokens = dataclasses.replace(tokens, tokens=tokens.tokens[:, keep], layers=LAYERS)
     feats = LNAMDTransformer(device="cpu").fit_transform(tokens)
     result = {}
     for kind in KINDS:
