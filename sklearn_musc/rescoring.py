@@ -146,8 +146,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         and masks": the pixels above half-way from the image's median map
         value to its peak); empty for images labelled 1, so the pipeline's
         final labels and masks agree. Measured on MVTec AD
-        (``studies/labels.py``), masks that follow these labels instead of
-        the detector's double the pixel F1 / F1-max on defect-heavy batches.
+        (``studies/labels.py``, with the first masks), masks that follow
+        these labels instead of the detector's doubled the pixel F1 / F1-max
+        on defect-heavy batches (0.27 against 0.14).
     k_list_ : tuple of int
         The windows used, after clipping to the batch size.
     embedding_ : str
