@@ -20,9 +20,9 @@ defective) and defect-heavy (60-85 % defective, an MVTec AD test folder):
    F1-best for overlapping defect-heavy batches) equals this on MVTec AD but
    flags 80 % of a batch with 25 % well-separated defects (the CLI demo).
    Without the Gumbel guard (``_SKEW_GUARD``) the mixture also fires on the
-   overlapping defect-heavy batches (cable, capsule, grid, toothbrush,
-   zipper: heavy 0.44 instead of 0.25 over 15 categories, masks 0.52
-   instead of 0.29, production and clean unchanged), but also on 9 of 40
+   overlapping defect-heavy batches (with the default scores: heavy 0.551
+   instead of 0.370 over 15 categories, masks 0.539 instead of 0.388,
+   production-like 0.494 instead of 0.510, clean unchanged), but also on 9 of 40
    synthetic right-skewed (Gumbel) clean batches of 150 images (2 of 40 of
    60), where it would flag the upper component's 20 % or more. No real
    clean batch was larger than 60 images; the guard is kept for safety.

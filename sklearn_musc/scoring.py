@@ -384,8 +384,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             sources = None
             if X.sources is not None and (refs is None or refs.sources is not None):
                 sources = X.sources + (() if refs is None else refs.sources)
-            self._pool_info = dict(set_index=X.set_index, input_size=X.input_size, sources=sources,
-                                   backbone=X.backbone, aggregation=X.aggregation)
+            self._pool_info = _pool_info(X, sources)
             self.offset_ = -self.threshold_
         return self
 
@@ -402,8 +401,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.threshold_ = None if self.threshold is None else float(self.threshold)
         self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(X.features)
-        self._pool_info = dict(set_index=X.set_index, input_size=X.input_size, sources=X.sources,
-                               backbone=X.backbone, aggregation=X.aggregation)
+        self._pool_info = _pool_info(X, X.sources)
         if self.threshold_ is not None:
             self.offset_ = -self.threshold_
         return self
@@ -654,6 +652,12 @@ def _novelty_jobs(n_new, n_pool, n_workers):
         [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_new), n_chunks)],
         [slice(a[0], a[-1] + 1) for a in np.array_split(np.arange(n_pool), n_parts)],
     )
+
+
+def _pool_info(X, sources):
+    """What a novelty pool keeps of its feature sets besides the features (see ``pool_``)."""
+    return dict(set_index=X.set_index, input_size=X.input_size, sources=sources, backbone=X.backbone,
+                aggregation=X.aggregation)
 
 
 def _check_compatible(X, pool, what, against):
