@@ -19,6 +19,9 @@ so candidate rules are cheap to try::
     python studies/labels.py pixels             # pixel-threshold rules
     python studies/labels.py table              # markdown table for RESULTS.md
     python studies/labels.py bound              # what any threshold could reach (uses labels)
+    python studies/labels.py separable          # can a heavy batch's scores be told from its clean batch's?
+    python studies/labels.py resolution 448 screw zipper capsule
+                                                # the production bound's worst categories at another size
 
 Rules are chosen on ``_cache.TUNE`` and confirmed on the other 7 categories.
 No labels are used by any rule; they only score the outcome.
@@ -453,8 +456,79 @@ def print_bounds(data):
                   f"clean flagged for >= 0.70: {need} of {len(data[c]['clean']['labels'])}")
 
 
+def separable(data):
+    """How far each product's defect-heavy batch can be told from its clean batch, given both.
+
+    A label-free rule sees one batch; to give the heavy batch a lower
+    threshold than the clean one it must tell them apart from their scores.
+    With BOTH batches in hand, the two-sample Kolmogorov-Smirnov test and the
+    AUROC of "heavy batch vs clean batch" on RsCIN's final values say how much
+    any rule could tell, at best. A rule that does not know the product's
+    normal score level reads only the shape of a batch (every rule measured
+    here is invariant to the scores' location and scale: robust z-scores,
+    mixtures of standardised scores, pythresh's min-max scaling), so the
+    same test is repeated on each batch standardised by its own median and
+    1.4826 x MAD.
+    """
+    def standardised(x):
+        med = np.median(x)
+        return (x - med) / (1.4826 * np.median(np.abs(x - med)))
+
+    import warnings
+
+    from scipy.stats import anderson_ksamp, cramervonmises_2samp, ks_2samp
+    from sklearn.metrics import roc_auc_score
+
+    # anderson_ksamp warns that it caps its p-value at 0.25, and of an argument renamed in scipy 1.17
+    warnings.simplefilter("ignore", UserWarning)
+    for c, r in data.items():
+        h, cl = rscin_raw(r["heavy"]), rscin_raw(r["clean"])
+        auc = roc_auc_score(np.r_[np.ones(len(h)), np.zeros(len(cl))], np.r_[h, cl])
+        sh, sc = standardised(h), standardised(cl)
+        print(f"{c:11s} heavy vs clean: KS p = {ks_2samp(h, cl).pvalue:.2g}, AUROC {auc:.2f}; standardised: "
+              f"KS p = {ks_2samp(sh, sc).pvalue:.2g}, Anderson-Darling p = {anderson_ksamp([sh, sc]).pvalue:.2g} "
+              f"(capped at 0.25), Cramer-von Mises p = {cramervonmises_2samp(sh, sc).pvalue:.2g}", flush=True)
+
+
+def resolution_check(size, cats):
+    """The production bound of ``cats`` with the ViT at ``size`` px (uses labels, like :func:`bound`).
+
+    Only the production-like and clean batches are scored (good images and
+    the production batch's defective ones, the same seed), so a larger size
+    stays affordable on a CPU. Per category: the production batch's image
+    AUROC and F1-max after RsCIN, the best F1 / F1-max of a threshold that
+    flags no clean image, and how many clean images a threshold reaching
+    0.70 flags (the target's per-category floor).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from _cache import DATA, vit
+    from sklearn_musc.datasets import load_mvtec
+
+    for c in cats:
+        t0 = time.perf_counter()
+        data = load_mvtec(DATA, c)
+        labels = np.asarray(data.labels)
+        batches = {kind: batch_indices(labels, kind) for kind in ("prod", "clean")}
+        need = np.union1d(batches["prod"], batches["clean"])
+        feats = LNAMDTransformer(device="cpu").fit_transform(vit(size).fit().transform([data.paths[i] for i in need]))
+        final = {}
+        for kind, idx in batches.items():
+            det = MutualScoringDetector(device="cpu")
+            out = det.fit_transform(feats.take(np.searchsorted(need, idx)))
+            final[kind] = rscin_raw(dict(image=det.anomaly_scores_, salient=out.salient_features))
+        y, s = labels[batches["prod"]], final["prod"]
+        opts = threshold_options(y, s, final["clean"])
+        need70 = min((m for m, v in opts.items() if v >= 0.7 - 1e-9), default=None)
+        print(f"{c:11s} {size} px: production AUROC {roc_auc_score(y, s):.3f}, F1-max {image_f1_max(y, s):.2f}; "
+              f"at 0 clean flagged {opts.get(0, 0.0):.2f}; clean flagged for >= 0.70: {need70} of "
+              f"{len(batches['clean'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
 def main(argv):
     what = argv[0] if argv else "compute"
+    if what == "resolution":
+        return resolution_check(int(argv[1]), argv[2:] or ("screw", "zipper", "capsule"))
     cats = argv[1:] or categories()
     if what == "compute":
         for c in cats:
@@ -473,6 +547,8 @@ def main(argv):
             for name, per in rows.items():
                 for c in cats:
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
+    elif what == "separable":
+        separable(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
     elif what == "bound":
         print_bounds(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
     elif what == "table":
