@@ -20,6 +20,7 @@ so candidate rules are cheap to try::
     python studies/labels.py table              # markdown table for RESULTS.md
     python studies/labels.py bound              # what any threshold could reach (uses labels)
     python studies/labels.py separable          # can a heavy batch's scores be told from its clean batch's?
+    python studies/labels.py carry              # the clean batch's threshold given to the other two
     python studies/labels.py resolution 448 screw zipper capsule
                                                 # the production bound's worst categories at another size
 
@@ -490,6 +491,30 @@ def separable(data):
               f"(capped at 0.25), Cramer-von Mises p = {cramervonmises_2samp(sh, sc).pvalue:.2g}", flush=True)
 
 
+def carry(data):
+    """The rule's threshold on a product's clean batch, given as ``threshold=`` to its other batches.
+
+    What the README recommends when a clean batch of the product exists:
+    label F1 / F1-max of the defect-heavy and production-like batches (RsCIN's
+    values) with the threshold of ``contamination="auto"`` on the clean batch.
+    """
+    from sklearn_musc._threshold import auto_threshold
+
+    rows = {}
+    for c, r in data.items():
+        t = auto_threshold(rscin_raw(r["clean"]))
+        rows[c] = []
+        for kind in ("heavy", "prod"):
+            y, s = r[kind]["labels"], rscin_raw(r[kind])
+            rows[c].append(f1(y, s > t) / image_f1_max(y, s))
+        print(f"{c:11s} heavy {rows[c][0]:.2f} prod {rows[c][1]:.2f}", flush=True)
+    for label, part in (("TUNE", [c for c in rows if c in TUNE]), ("confirm", [c for c in rows if c not in TUNE]),
+                        ("all", list(rows))):
+        if part:
+            m = np.array([rows[c] for c in part])
+            print(f"{label}: heavy {m[:, 0].mean():.3f} prod {m[:, 1].mean():.3f} (min {m[:, 1].min():.2f})")
+
+
 def resolution_check(size, cats):
     """The production bound of ``cats`` with the ViT at ``size`` px (uses labels, like :func:`bound`).
 
@@ -547,6 +572,8 @@ def main(argv):
             for name, per in rows.items():
                 for c in cats:
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
+    elif what == "carry":
+        carry(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
     elif what == "separable":
         separable(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
     elif what == "bound":
