@@ -125,6 +125,11 @@ def f1(y, flagged):
     return 2 * tp / (np.sum(flagged) + np.sum(y == 1))
 
 
+def cached(cats):
+    """The categories of ``cats`` whose batches are in the cache."""
+    return [c for c in cats if (OUT / f"{c}.joblib").exists()]
+
+
 def load_all(cats):
     return {c: compute(c) for c in cats}
 
@@ -415,6 +420,11 @@ def threshold_options(y, s, clean):
     return best
 
 
+def clean_needed(options, floor=0.7):
+    """The fewest clean images flagged by a threshold reaching ``floor`` (F1 / F1-max), or None."""
+    return min((n for n, ratio in options.items() if ratio >= floor - 1e-9), default=None)
+
+
 def bound(data, kind, budget):
     """The best mean F1 / F1-max over categories that thresholds chosen WITH the labels reach.
 
@@ -452,7 +462,7 @@ def print_bounds(data):
         print(f"\n{kind}: best mean F1 / F1-max with <= {budget} clean images flagged: {mean:.3f}")
         for c, (ratio, n) in pick.items():
             opts = options[c]
-            need = min((m for m, v in opts.items() if v >= 0.7 - 1e-9), default=None)
+            need = clean_needed(opts)
             print(f"  {c:11s} {ratio:.2f} ({n} clean flagged); at 0 flagged {opts.get(0, 0.0):.2f}; "
                   f"clean flagged for >= 0.70: {need} of {len(data[c]['clean']['labels'])}")
 
@@ -471,23 +481,26 @@ def separable(data):
     same test is repeated on each batch standardised by its own median and
     1.4826 x MAD.
     """
-    def standardised(x):
-        med = np.median(x)
-        return (x - med) / (1.4826 * np.median(np.abs(x - med)))
-
     import warnings
 
     from scipy.stats import anderson_ksamp, cramervonmises_2samp, ks_2samp
     from sklearn.metrics import roc_auc_score
 
-    # anderson_ksamp warns that it caps its p-value at 0.25, and of an argument renamed in scipy 1.17
-    warnings.simplefilter("ignore", UserWarning)
+    from sklearn_musc._threshold import _robust_scale
+
+    def standardised(x):
+        med = np.median(x)
+        return (x - med) / _robust_scale(x, med)[0]
+
     for c, r in data.items():
         h, cl = rscin_raw(r["heavy"]), rscin_raw(r["clean"])
         auc = roc_auc_score(np.r_[np.ones(len(h)), np.zeros(len(cl))], np.r_[h, cl])
         sh, sc = standardised(h), standardised(cl)
+        with warnings.catch_warnings():  # anderson_ksamp: its p-value is capped at 0.25; a renamed argument
+            warnings.simplefilter("ignore", UserWarning)
+            ad = anderson_ksamp([sh, sc]).pvalue
         print(f"{c:11s} heavy vs clean: KS p = {ks_2samp(h, cl).pvalue:.2g}, AUROC {auc:.2f}; standardised: "
-              f"KS p = {ks_2samp(sh, sc).pvalue:.2g}, Anderson-Darling p = {anderson_ksamp([sh, sc]).pvalue:.2g} "
+              f"KS p = {ks_2samp(sh, sc).pvalue:.2g}, Anderson-Darling p = {ad:.2g} "
               f"(capped at 0.25), Cramer-von Mises p = {cramervonmises_2samp(sh, sc).pvalue:.2g}", flush=True)
 
 
@@ -544,7 +557,7 @@ def resolution_check(size, cats):
             final[kind] = rscin_raw(dict(image=det.anomaly_scores_, salient=out.salient_features))
         y, s = labels[batches["prod"]], final["prod"]
         opts = threshold_options(y, s, final["clean"])
-        need70 = min((m for m, v in opts.items() if v >= 0.7 - 1e-9), default=None)
+        need70 = clean_needed(opts)
         print(f"{c:11s} {size} px: production AUROC {roc_auc_score(y, s):.3f}, F1-max {image_f1_max(y, s):.2f}; "
               f"at 0 clean flagged {opts.get(0, 0.0):.2f}; clean flagged for >= 0.70: {need70} of "
               f"{len(batches['clean'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -559,7 +572,7 @@ def main(argv):
         for c in cats:
             compute(c)
     elif what in ("rules", "pythresh", "sweep", "impl"):
-        cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        cats = cached(cats)
         data = load_all(cats)
         rules = {"rules": RULES, "sweep": SWEEP, "impl": IMPL}.get(what) or pythresh_rules()
         rows = evaluate_rules(data, rules)
@@ -573,13 +586,13 @@ def main(argv):
                 for c in cats:
                     print(name, c, {k: np.round(v, 2) for k, v in per[c].items()})
     elif what == "carry":
-        carry(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
+        carry(load_all(cached(cats)))
     elif what == "separable":
-        separable(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
+        separable(load_all(cached(cats)))
     elif what == "bound":
-        print_bounds(load_all([c for c in cats if (OUT / f"{c}.joblib").exists()]))
+        print_bounds(load_all(cached(cats)))
     elif what == "table":
-        cats = [c for c in cats if (OUT / f"{c}.joblib").exists()]
+        cats = cached(cats)
         if os.environ.get("LABELS_SKEW_GUARD") == "0":  # the rule without its Gumbel guard
             from sklearn_musc import _threshold
             _threshold._SKEW_GUARD = False
