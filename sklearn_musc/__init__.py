@@ -10,7 +10,9 @@ builds the four steps with a named preset's settings (the paper's, per dataset).
 
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
+from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from .features import ViTPatchTransformer
+from .monitoring import DriftMonitor
 from .preprocessing import ImageFiles, maps_to_original, masks_to_input, masks_to_original
 from .presets import available_presets, make_musc_pipeline
 from .rescoring import RsCINRescorer
@@ -19,6 +21,7 @@ from .scoring import MutualScoringDetector
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DriftMonitor",
     "FeatureSets",
     "ImageFiles",
     "ImageScores",
@@ -28,6 +31,9 @@ __all__ = [
     "RsCINRescorer",
     "ViTPatchTransformer",
     "available_presets",
+    "benjamini_hochberg",
+    "conformal_pvalues",
+    "conformal_threshold",
     "make_musc_pipeline",
     "maps_to_original",
     "masks_to_input",

@@ -193,6 +193,11 @@ class ImageScores(_BatchMixin):
         The detector's threshold on ``scores`` (``threshold_``): the images
         scoring above it are the detector's anomalies (``anomaly_masks`` are
         drawn for those).
+    pvalues : ndarray of shape (n_images,) or None
+        Conformal p-values against known-good parts, when the detector has
+        them: new images against a novelty pool's calibration scores, or a
+        batch against its references. :class:`RsCINRescorer` passes them on
+        unchanged (README "Decisions you can trust").
     """
 
     scores: np.ndarray
@@ -204,9 +209,10 @@ class ImageScores(_BatchMixin):
     original_sizes: Optional[Tuple[Size, ...]] = None
     anomaly_masks: Optional[np.ndarray] = None
     threshold: Optional[float] = None
+    pvalues: Optional[np.ndarray] = None
 
     _per_image = ("scores", "embeddings", "salient_features", "sources", "anomaly_maps", "original_sizes",
-                  "anomaly_masks")
+                  "anomaly_masks", "pvalues")
 
     @property
     def n_images(self):

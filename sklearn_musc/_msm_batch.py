@@ -57,7 +57,7 @@ def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None):
 
 
 def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precision, algorithm,
-                radius=None, references=None, repeat_ratio=None, bounds=None):
+                radius=None, references=None, repeat_ratio=None, bounds=None, keep=None):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
     The images score each other; ``references`` (R, n_sets, h, w, C), when
@@ -70,7 +70,8 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
     the host moves the next one. With ``repeat_ratio``, each set's images that
     share their most anomalous patch with other images of the batch are
     scored again without them (:func:`._msm.drop_repeats`, from the same
-    table: no further products).
+    table: no further products). With ``keep``, also returns each patch's ``keep`` best
+    matches among its scorers, as :func:`best_matches` (from the same table).
     """
     n = len(features) if rows is None else len(rows)
     _, _, h, w, dim = features.shape
@@ -81,6 +82,8 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
     where = device if plan.resident or radius is not None else torch.device("cpu")
     with torch.inference_mode():
         scores = torch.empty((n, len(set_ids), L), dtype=torch.float32, device=device)
+        if keep is not None:
+            best = np.full((n, len(set_ids), L, keep), -np.inf, dtype=np.float32)
         finite = torch.ones((), dtype=torch.bool, device=where)
         for s in set_ids:
             Z, ok = _load_set(features[:, s] if rows is None else features[rows, s], where)
@@ -91,12 +94,16 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
                 finite &= ok
                 table = torch.cat([table, _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R)], dim=2)
             scores[:, s] = _msm.interval_average(table, *k_bounds)
+            if keep is not None:
+                k = min(keep, table.shape[2])
+                best[:, s, :, :k] = torch.topk(table, k, dim=2, sorted=True).values.cpu().numpy()
             if repeat_ratio is not None:  # bounds: (k_min, k_max) for a smaller count of scorers
                 scores[:, s] = _msm.drop_repeats(table, scores[:, s], repeat_ratio, n, bounds)
             del table
         if not bool(finite):  # NaN scores are refused, not returned
             raise ValueError("features contains NaN or infinity")
-        return scores.reshape(n, len(set_ids), h, w).cpu().numpy()
+        scores = scores.reshape(n, len(set_ids), h, w).cpu().numpy()
+        return scores if keep is None else (scores, best)
 
 
 def prepare_pool(features):
@@ -189,3 +196,57 @@ def merge_best_matches(parts, k_bounds):
         best = torch.topk(best, k_max, dim=3, sorted=True).values
     dist = torch.sqrt(torch.clamp(2.0 - 2.0 * best[..., k_min:k_max], min=0.0))
     return dist.mean(dim=3).numpy()
+
+
+def best_matches(features, keep, device, budget, matmul_precision, radius=None):
+    """The ``keep`` best matches of each patch among the *other* images of ``features``.
+
+    What a pool keeps for conformal calibration and for growing without a
+    refit (:meth:`MutualScoringDetector.partial_fit`): the ``keep`` largest
+    dot products of each patch with the other images, largest first, padded
+    with ``-inf`` where there are fewer other images (``-inf`` reads as a
+    scorer infinitely far away).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_sets, h, w, C)
+
+    Returns
+    -------
+    best : ndarray of shape (n, n_sets, h * w, keep), float32
+    """
+    n, n_sets, h, w, dim = features.shape
+    L = h * w
+    best = np.full((n, n_sets, L, keep), -np.inf, dtype=np.float32)
+    if n < 2:
+        return best
+    k = min(keep, n)  # the table's own column is -inf: with k == n it is the last entry
+    plan = _msm.Plan(n, L, dim, k, device, budget)
+    where = device if plan.resident or radius is not None else torch.device("cpu")
+    with torch.inference_mode():
+        finite = torch.ones((), dtype=torch.bool, device=where)
+        for s in range(n_sets):
+            Z, ok = _load_set(features[:, s], where)
+            finite &= ok
+            table = _table(Z, plan, matmul_precision, "matmul", radius, (h, w))
+            best[:, s, :, :k] = torch.topk(table, k, dim=2, sorted=True).values.cpu().numpy()
+            del table
+        if not bool(finite):
+            raise ValueError("features contains NaN or infinity")
+    return best
+
+
+def merge_kept(parts, keep):
+    """The ``keep`` largest of the best-match lists ``parts`` (joined on their last axis), largest first."""
+    joined = torch.as_tensor(np.concatenate(parts, axis=-1))
+    k = min(keep, joined.shape[-1])
+    out = np.full(joined.shape[:-1] + (keep,), -np.inf, dtype=np.float32)
+    out[..., :k] = torch.topk(joined, k, dim=-1, sorted=True).values.numpy()
+    return out
+
+
+def kept_scores(best, k_bounds):
+    """Interval averages (n, n_sets, L) from kept best-match lists, as :func:`merge_best_matches` makes them."""
+    k_min, k_max = k_bounds
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * torch.as_tensor(best[..., k_min:k_max]), min=0.0))
+    return dist.mean(dim=-1).numpy()

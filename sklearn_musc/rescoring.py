@@ -159,6 +159,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
     offset_ : float
         With ``novelty=True``: ``-threshold_`` (``decision_function =
         score_samples - offset_``, negative for anomalous images).
+    pvalues_ : ndarray of shape (n_images,)
+        Only when ``X`` carries conformal p-values (a detector fitted with
+        references): the detector's, unchanged (see :meth:`pvalues`).
 
     Examples
     --------
@@ -238,6 +241,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
             self.anomaly_masks_ = defect_masks(maps, self.labels_)
         else:
             self.__dict__.pop("anomaly_masks_", None)
+        self.__dict__.pop("pvalues_", None)
+        if isinstance(X, ImageScores) and X.pvalues is not None:
+            self.pvalues_ = X.pvalues
         if self.novelty:
             self.pool_scores_, self.pool_embeddings_ = scores, embeddings
             self.offset_ = -self.threshold_
@@ -336,6 +342,33 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         labels : ndarray of shape (n_images,)
         """
         return np.where(self.decision_function(X, scores=scores) < 0, -1, 1)
+
+    @available_if(_novelty)
+    def pvalues(self, X):
+        """The detector's conformal p-values of new images, passed on unchanged.
+
+        RsCIN re-scores an image with its neighbours' scores, so a re-scored
+        value is no longer exchangeable with a calibration score made
+        without them, and no p-value is computed from it. The p-values here
+        are the detector's (``MutualScoringDetector.pvalues``), with the
+        detector's guarantee; this re-scorer's labels (:meth:`predict`) are
+        not calibrated. For labels at a chosen false-alarm rate, use the
+        detector's (``alpha``), or ``pvalues(X) <= alpha``.
+
+        Parameters
+        ----------
+        X : ImageScores
+            New images scored by ``MutualScoringDetector(novelty=True)``'s
+            ``transform``.
+
+        Returns
+        -------
+        pvalues : ndarray of shape (n_images,)
+        """
+        if not isinstance(X, ImageScores) or X.pvalues is None:
+            raise ValueError("pvalues needs an ImageScores with p-values, as "
+                             "MutualScoringDetector(novelty=True).transform returns from a calibrated pool")
+        return X.pvalues
 
     @available_if(_novelty)
     def predict_masks(self, X):

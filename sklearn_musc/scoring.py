@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores
+from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
 from ._threshold import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
@@ -104,7 +105,32 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         the majority). See README "Labels".
     threshold : float >= 0 or None, default=None
         A fixed threshold on the image scores (e.g. ``threshold_`` of
-        another batch of the same product); None uses ``contamination``.
+        another batch of the same product); None uses ``alpha``, ``fdr``
+        or ``contamination``.
+    alpha : float in (0, 1) or None, default=None
+        With ``novelty=True``: the false-alarm rate for new images. The
+        threshold becomes the conformal one calibrated on the pool
+        (:meth:`pvalues`): a new good part is labelled -1 with probability
+        at most ``alpha``, in finite samples, when it is exchangeable with
+        the pool's parts (fit the pool on parts known or accepted to be
+        good). It replaces ``contamination``'s threshold (the fitted batch
+        is labelled with it too); it cannot be combined with ``threshold``.
+        A pool of ``N`` images can give p-values no smaller than ``1 / (N +
+        1)``: ``N + 1 < 1 / alpha`` is an error at fit, never a threshold
+        that flags nothing.
+    fdr : float in (0, 1) or None, default=None
+        With ``references``: label the batch by Benjamini-Hochberg at this
+        false-discovery level on its p-values against the references
+        (``pvalues_``), so that among the images labelled -1 the expected
+        share of good ones is at most ``fdr``, when the batch's good images
+        and the references are exchangeable. Needs one subset and no
+        ``repeat_ratio``; cannot be combined with ``threshold``.
+    max_pool_size : int >= 2 or None, default=None
+        With ``novelty=True``: the most images the pool keeps when
+        :meth:`partial_fit` adds parts; beyond it the oldest are dropped.
+        Below it, additions are incremental (new against pool products
+        only); dropping images, or growing a pool fitted without this bound,
+        rescores the kept pool against itself. None: no bound.
     n_subsets : int, default=1
         Score the batch as this many random, disjoint subsets of nearly equal
         size, each on its own (the reference's ``divide_num``): the cost falls
@@ -191,6 +217,19 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         With ``novelty=True``: ``-threshold_``, so that
         ``decision_function = score_samples - offset_`` is negative for the
         images labelled anomalous.
+    calibration_scores_ : ndarray of shape (n_pool,)
+        With ``novelty=True`` (pools of 2 images or more): each pool image's
+        score in the batch pool + {a new image}, with the new image taken
+        infinitely far from it, an upper bound of its exact score there
+        (README "Decisions you can trust"); the conformal p-values of new
+        images rank them among these.
+    pvalues_ : ndarray of shape (n_images,)
+        With ``references`` (one subset, no ``repeat_ratio``): each batch
+        image's conformal p-value against the references' scores
+        (``reference_scores_``).
+    reference_scores_ : ndarray of shape (n_refs,)
+        With ``references``: each reference scored by the batch and the other
+        references, with the batch's interval bounds.
 
     See Also
     --------
@@ -229,6 +268,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         repeat_ratio=None,
         contamination="auto",
         threshold=None,
+        alpha=None,
+        fdr=None,
+        max_pool_size=None,
         n_subsets=1,
         max_subset_size=None,
         random_state=None,
@@ -246,6 +288,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.repeat_ratio = repeat_ratio
         self.contamination = contamination
         self.threshold = threshold
+        self.alpha = alpha
+        self.fdr = fdr
+        self.max_pool_size = max_pool_size
         self.n_subsets = n_subsets
         self.max_subset_size = max_subset_size
         self.random_state = random_state
@@ -264,6 +309,9 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         "repeat_ratio": [None, Interval(numbers.Real, 0, 1, closed="neither")],
         "contamination": CONTAMINATION,
         "threshold": [None, Interval(numbers.Real, 0, None, closed="left")],
+        "alpha": [None, Interval(numbers.Real, 0, 1, closed="neither")],
+        "fdr": [None, Interval(numbers.Real, 0, 1, closed="neither")],
+        "max_pool_size": [None, Interval(numbers.Integral, 2, None, closed="left")],
         "n_subsets": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_subset_size": [None, Interval(numbers.Integral, 2, None, closed="left")],
         "random_state": [None, "random_state"],
@@ -280,6 +328,19 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             raise ValueError(
                 "need topmin_min < topmin_max, got "
                 f"topmin_min={self.topmin_min!r}, topmin_max={self.topmin_max!r}"
+            )
+
+        if self.threshold is not None and (self.alpha is not None or self.fdr is not None):
+            raise ValueError("give threshold, or alpha / fdr to set it from known-good parts, not both")
+        if self.alpha is not None and self.fdr is not None:
+            raise ValueError(
+                "give alpha (new images against the pool, novelty=True) or fdr (the batch against its "
+                "references), not both"
+            )
+        if self.alpha is not None and not self.novelty:
+            raise ValueError(
+                "alpha sets the false-alarm rate of new images scored against a pool: it needs "
+                "novelty=True (to label a batch against known-good references, use fdr)"
             )
 
     def __sklearn_tags__(self):
@@ -331,6 +392,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             )
         self.device_ = resolve_device(self.device)
         if n + n_refs < 2:  # a pool of one image (a golden sample): it scores, it is not scored
+            if self.fdr is not None or self.alpha is not None:
+                self._calibration_error_for_one_image()
             return self._fit_one_image_pool(X)
         if self.matmul_precision == "bfloat16" and not _msm.bf16_products_supported():
             raise ValueError(
@@ -345,8 +408,11 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             raise ValueError(reason)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n, n_refs)
+        self._check_fdr(refs, len(self.subsets_))
         set_ids = range(X.features.shape[1])
         whole = len(self.subsets_) == 1
+        # a pool scored whole keeps its best-match lists from the same tables (see _set_pool)
+        keep = self._keep(n + n_refs) if self.novelty and whole else None
         jobs = (
             delayed(_msm_batch.score_batch)(
                 X.features,
@@ -361,10 +427,14 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
                 None if refs is None else refs.features,
                 self.repeat_ratio,
                 self._bounds,
+                keep,
             )
             for idx in self.subsets_
         )
         results = Parallel(n_jobs=self.n_jobs)(jobs)
+        best = None
+        if keep is not None:
+            results, best = [results[0][0]], results[0][1]
         set_scores = np.empty((n, len(set_ids)) + X.grid_size, dtype=np.float32)
         for idx, part in zip(self.subsets_, results):
             set_scores[idx] = part
@@ -373,20 +443,119 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
-        self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_)
-        self.anomaly_masks_ = self._output.anomaly_masks
-        for name in ("_pool_sets", "_pool_inv_norms", "_pool_info", "offset_"):
+        for name in _FIT_STATE:
             self.__dict__.pop(name, None)
+        ref_best = None
+        if refs is not None and whole and (self.repeat_ratio is None or keep is not None):
+            self.reference_scores_, ref_best = self._reference_scores(X, refs, budget, keep)
+            if self.repeat_ratio is None:
+                self.pvalues_ = conformal_pvalues(self.reference_scores_, self.anomaly_scores_)
+            else:
+                del self.reference_scores_
         if self.novelty:
             features = X.features if refs is None else np.concatenate([X.features, refs.features])
-            self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(features)
             sources = None
             if X.sources is not None and (refs is None or refs.sources is not None):
                 sources = X.sources + (() if refs is None else refs.sources)
-            self._pool_info = _pool_info(X, sources)
+            if best is not None and refs is not None:
+                best = np.concatenate([best, ref_best])
+            self._set_pool(features, _pool_info(X, sources), self.device_, budget, best)
+        self.threshold_, self.labels_ = self._decide(self.anomaly_scores_)
+        self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_,
+                                          self.__dict__.get("pvalues_"))
+        self.anomaly_masks_ = self._output.anomaly_masks
+        if self.novelty:
             self.offset_ = -self.threshold_
         return self
+
+    def _check_fdr(self, refs, n_subsets):
+        if self.fdr is None:
+            return
+        if refs is None:
+            raise ValueError(
+                "fdr calibrates the batch against known-good references: give references=<good parts> "
+                "to fit (or use alpha with novelty=True to calibrate on a pool)"
+            )
+        if n_subsets > 1 or self.repeat_ratio is not None:
+            raise ValueError(
+                "fdr needs the batch scored whole and unfiltered (the references' scores must be made "
+                "like the batch's): use n_subsets=1, max_subset_size=None and repeat_ratio=None"
+            )
+
+    def _decide(self, scores):
+        """``(threshold_, labels_)`` of the fitted batch, by the one rule the parameters choose."""
+        if self.fdr is not None:  # Benjamini-Hochberg on the p-values against the references
+            rejected, _ = benjamini_hochberg(self.pvalues_, self.fdr)
+            if rejected.all():  # every p-value <= fdr: the conformal threshold at fdr lies below them all
+                threshold = conformal_threshold(self.reference_scores_, self.fdr, "the references")
+            else:  # p-values fall as scores rise: the flagged images are those above every other one
+                threshold = float(scores[~rejected].max())
+            return threshold, np.where(rejected, -1, 1)
+        if self.alpha is not None:
+            threshold = self._alpha_threshold()
+            return threshold, np.where(scores > threshold, -1, 1)
+        return threshold_scores(scores, self.contamination, self.threshold)
+
+    # ------------------------------------------------------------ conformal calibration
+
+    def _keep(self, n_pool):
+        """How many best matches per patch the pool keeps: enough for ``max_pool_size`` images."""
+        cap = max(n_pool, self.max_pool_size or 0)
+        return self._bounds(cap + 1)[1]
+
+    def _set_pool(self, features, info, device, budget, best=None):
+        """Keep ``features`` as the novelty pool, with its best-match lists and calibration scores."""
+        self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(features)
+        self._pool_info = info
+        if best is None:
+            best = _msm_batch.best_matches(features, self._keep(len(features)), device, budget,
+                                           self.matmul_precision, self.radius)
+        self._pool_best = best
+        self.__dict__.pop("calibration_scores_", None)
+        n_pool = len(features)
+        if n_pool < 2:
+            return
+        set_scores = _msm_batch.kept_scores(best, self._bounds(n_pool + 1))
+        patch_scores = set_scores.mean(axis=1).reshape((n_pool,) + features.shape[2:4])
+        maps = self._upsample(patch_scores, info["input_size"], device)
+        scores = maps.reshape(n_pool, -1).max(axis=1)
+        if np.isfinite(scores).all():
+            self.calibration_scores_ = scores
+
+    def _calibration(self):
+        if "calibration_scores_" in self.__dict__:
+            return self.calibration_scores_
+        if self._pool_sets.shape[1] < 2:
+            raise ValueError(
+                "a pool of one image has no other image to score it, so it cannot calibrate p-values "
+                "or alpha: fit the pool on 2 or more good parts (or add some with partial_fit)"
+            )
+        raise ValueError(
+            f"with topmin_max={self.topmin_max!r} a pool image's score averages over every scorer, "
+            "the new image included, so it has no bound to calibrate p-values or alpha with: use "
+            "topmin_max < 1"
+        )
+
+    def _alpha_threshold(self):
+        return conformal_threshold(self._calibration(), self.alpha, "the pool (novelty=True)")
+
+    def _reference_scores(self, X, refs, budget, keep=None):
+        """Each reference scored by the batch and the other references, with the batch's bounds.
+
+        A batch image ``x`` is scored by the rest of the batch and the
+        references; a reference ``r`` by the batch and the other references.
+        Given the rest of the batch, the scores of ``{x} + references`` are
+        one symmetric function of them, so when ``x`` is good and
+        exchangeable with the references its p-value is valid.
+        """
+        n, n_refs = X.n_images, refs.n_images
+        out = _msm_batch.score_batch(
+            refs.features, None, range(refs.features.shape[1]), self._bounds(n + n_refs), self.device_,
+            budget, self.matmul_precision, self.algorithm, self.radius, X.features, keep=keep,
+        )
+        set_scores, best = out if keep is not None else (out, None)
+        maps = self._upsample(set_scores.mean(axis=1), X.input_size)
+        return maps.reshape(n_refs, -1).max(axis=1), best
 
     def _fit_one_image_pool(self, X):
         """``novelty=True`` with one image: keep it as the pool; nothing of the batch is scored.
@@ -396,12 +565,13 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         are unavailable (their scores and maps are not).
         """
         for name in ("set_patch_scores_", "patch_scores_", "anomaly_maps_", "anomaly_scores_", "labels_",
-                     "anomaly_masks_", "subsets_", "offset_", "_output"):
+                     "anomaly_masks_", "subsets_", "_output") + _FIT_STATE:
             self.__dict__.pop(name, None)
         self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
         self.threshold_ = None if self.threshold is None else float(self.threshold)
-        self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(X.features)
-        self._pool_info = _pool_info(X, X.sources)
+        self._set_pool(X.features, _pool_info(X, X.sources), self.device_, None,
+                       best=np.full(X.features.shape[:2] + (X.features.shape[2] * X.features.shape[3],
+                                                            self._keep(1)), -np.inf, dtype=np.float32))
         if self.threshold_ is not None:
             self.offset_ = -self.threshold_
         return self
@@ -426,13 +596,21 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         order = check_random_state(self.random_state).permutation(n)
         return [np.sort(part) for part in np.array_split(order, n_subsets)]
 
-    def _image_scores(self, X, patch_scores, maps, scores):
+    def _calibration_error_for_one_image(self):
+        what = "alpha" if self.alpha is not None else "fdr"
+        raise ValueError(
+            f"{what} needs known-good parts to calibrate on, and a pool of one image has no other "
+            "image to score it: fit on 2 or more good parts"
+        )
+
+    def _image_scores(self, X, patch_scores, maps, scores, pvalues=None):
         masks = None
         if self.threshold_ is not None:  # None: a one-image pool without a threshold
             masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1))
         return ImageScores(
             anomaly_masks=masks,
             threshold=self.threshold_,
+            pvalues=pvalues,
             scores=scores,
             embeddings=X.embeddings,
             salient_features=_salient_features(X, patch_scores),
@@ -636,7 +814,110 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         patch_scores = set_scores.mean(axis=1).reshape((n_new,) + X.grid_size)
         maps = self._upsample(patch_scores, X.input_size, device)
         scores = maps.reshape(n_new, -1).max(axis=1)
-        return self._image_scores(X, patch_scores, maps, scores)
+        calibration = self.__dict__.get("calibration_scores_")
+        pvalues = None if calibration is None else conformal_pvalues(calibration, scores)
+        return self._image_scores(X, patch_scores, maps, scores, pvalues)
+
+    @available_if(_novelty)
+    def pvalues(self, X):
+        """Conformal p-values of new images against the pool (``novelty=True``).
+
+        A new image's p-value is ``(1 + #{pool images whose calibration
+        score >= its score}) / (N + 1)``. Its score is the one it would get
+        in the batch pool + {image}; each pool image's calibration score
+        (``calibration_scores_``) is its score in that same batch with the
+        new image taken infinitely far from all its patches, which can only
+        raise it. So this p-value is at least the full-conformal p-value
+        (the new image ranked among the N + 1 scores of that batch, a
+        symmetric function of its images), and when a new good part is
+        exchangeable with the pool's parts, ``P(p <= a) <= a`` for every
+        ``a``, in finite samples. Flagging ``p <= alpha`` is what ``alpha``
+        does. README "Decisions you can trust" has the measured rates.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets made like the pool's.
+
+        Returns
+        -------
+        pvalues : ndarray of shape (n_images,)
+            In ``[1 / (N + 1), 1]``; small means anomalous.
+        """
+        self._calibration()
+        return self._score_new(X).pvalues
+
+    @available_if(_novelty)
+    def partial_fit(self, X, y=None):
+        """Add accepted parts to the pool (``novelty=True``); fit on them when not fitted yet.
+
+        The pool's best-match lists are updated with the products of the new
+        parts against the pool only (no N x N refit), so the pool, its
+        calibration scores, the p-values and the ``alpha`` threshold are
+        those of a detector fitted on the larger pool (to float32 rounding).
+        With ``max_pool_size``, the oldest images are dropped beyond it, and
+        the kept pool is scored against itself again. Without ``alpha``,
+        ``threshold_`` stays the one set at fit. The fitted batch's own
+        scores (``anomaly_scores_``, ``labels_``) are not changed.
+
+        Parameters
+        ----------
+        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
+            Feature sets of parts accepted as good, made like the pool's.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        if "_pool_sets" not in self.__dict__:
+            return self.fit(X)
+        self._check_params()
+        raw = not isinstance(X, FeatureSets)
+        X = as_feature_sets(X)
+        pool = self.pool_
+        if raw and X.features.shape[1] == len(pool.set_index):
+            X.set_index = pool.set_index
+        _check_compatible(X, pool, "the added images", "the pool")
+        if X.features.dtype != self._pool_sets.dtype:
+            raise ValueError(
+                f"the added images' features are {X.features.dtype}, the pool's {self._pool_sets.dtype}: "
+                "make them with the same LNAMDTransformer settings"
+            )
+        device = resolve_device(self.device)
+        budget = self.memory_budget or _msm.default_memory_budget(device)
+        old = pool.features
+        info = dict(self._pool_info)
+        if info["sources"] is not None:
+            info["sources"] = info["sources"] + X.sources if X.sources is not None else None
+        features = np.concatenate([old, X.features])
+        n_total, keep = len(features), self._pool_best.shape[-1]
+        drop = 0 if self.max_pool_size is None else max(0, n_total - self.max_pool_size)
+        best = None
+        if drop == 0 and self._bounds(n_total + 1)[1] <= keep:  # the kept lists are long enough: update them
+            new_sets, new_inv = _msm_batch.prepare_pool(X.features)
+            args = (device, budget, self.matmul_precision, self.radius)
+            old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, X.n_images, *args)
+            new_vs_old = _msm_batch.pool_best_matches(X.features, self._pool_sets, self._pool_inv_norms, keep, *args)
+            new_vs_new = _msm_batch.best_matches(X.features, keep, *args)
+            best = np.concatenate([_msm_batch.merge_kept([self._pool_best, old_vs_new], keep),
+                                   _msm_batch.merge_kept([new_vs_old, new_vs_new], keep)])
+        elif drop:
+            features = features[drop:]
+            if info["sources"] is not None:
+                info["sources"] = info["sources"][drop:]
+        self._set_pool(features, info, device, budget, best)
+        if self.alpha is not None:
+            self.threshold_ = self._alpha_threshold()
+        if self.threshold_ is not None:
+            self.offset_ = -self.threshold_
+        return self
+
+
+# What a fit sets besides the batch's scores, cleared at every fit.
+_FIT_STATE = ("_pool_sets", "_pool_inv_norms", "_pool_info", "_pool_best", "offset_", "calibration_scores_",
+              "pvalues_", "reference_scores_")
 
 
 def _novelty_jobs(n_new, n_pool, n_workers):
