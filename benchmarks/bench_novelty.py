@@ -32,7 +32,8 @@ from sklearn.pipeline import Pipeline
 
 from bench_msm import best_time
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, ViTPatchTransformer
-from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc.images import load_image
+from sklearn_musc.geometry import preprocess
 
 
 def main(argv=None):

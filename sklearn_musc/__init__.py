@@ -11,7 +11,8 @@ builds the four steps with a named preset's settings (the paper's, per dataset).
 from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
 from .features import ViTPatchTransformer
-from .preprocessing import ImageFiles, maps_to_original, masks_to_input, masks_to_original
+from .images import ImageFiles
+from .geometry import maps_to_original, masks_to_input, masks_to_original
 from .presets import available_presets, make_musc_pipeline
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_musc._outputs import OutputFolder, ScoreResults, render_overlay
+from sklearn_musc.cli.outputs import OutputFolder, ScoreResults, render_overlay
 from sklearn_musc.plotting import anomaly_map_rgb
-from sklearn_musc.features import maps_to_original
+from sklearn_musc.geometry import maps_to_original
 
 
 def _results(tmp_path, n=5, sizes=None, masks=None):
@@ -107,7 +107,7 @@ def test_without_masks_no_mask_folder(tmp_path):
 
 
 def test_a_failure_while_writing_leaves_the_folder_untouched(tmp_path, monkeypatch):
-    from sklearn_musc import _outputs
+    from sklearn_musc.cli import outputs as _outputs
 
     out = tmp_path / "out"
     first = _results(tmp_path)
@@ -135,7 +135,7 @@ def test_overlay_memory_is_bounded_for_a_large_photo(tmp_path):
     script = textwrap.dedent(f"""
         import resource, numpy as np
         from PIL import Image
-        from sklearn_musc._outputs import render_overlay
+        from sklearn_musc.cli.outputs import render_overlay
         y, x = np.mgrid[0:4000, 0:4000]
         img = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
         Image.fromarray(img).save({str(tmp_path / 'big.png')!r})

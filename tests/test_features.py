@@ -16,7 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 from conftest import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
-from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc.images import load_image
+from sklearn_musc.geometry import preprocess
 from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original
 
 TIMM = "timm:vit_small_patch14_dinov2"

@@ -5,17 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from sklearn_musc.preprocessing import (
-    as_image_list,
+from sklearn_musc.geometry import (
     crop_box,
-    load_image,
     maps_to_original,
     masks_to_input,
     masks_to_original,
     preprocess,
-    read_image_size,
     resize_crop_geometry,
 )
+from sklearn_musc.images import as_image_list, load_image, read_image_size
 from sklearn_musc.datasets import load_masks, load_mvtec
 from sklearn_musc.plotting import anomaly_map_rgb
 
