@@ -8,6 +8,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
+from ._novelty import NoveltyMixin, requires_novelty
 from ._threshold import defect_masks, threshold_scores
 from ._validation import CONTAMINATION, Interval, Options, check_int_list, input_tags, int_sequence, validate_params
 
@@ -71,7 +72,7 @@ def _rscin(scores, embeddings, k_list):
     return rescored / len(k_list)
 
 
-class RsCINRescorer(OutlierMixin, BaseEstimator):
+class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
     """Refine image anomaly scores with each image's nearest images.
 
     For each window ``k`` in ``k_list``, each image's score is replaced by
@@ -267,31 +268,17 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
             raise ValueError("embeddings and scores must not contain NaN or infinity")
         return scores, embeddings, kind
 
-    def _novelty(self):
-        if not self.novelty:
-            raise AttributeError(
-                "RsCINRescorer re-scores the batch it is fitted on; to re-score new images "
-                "(Pipeline.predict / score_samples after fit), use RsCINRescorer(novelty=True) "
-                "behind MutualScoringDetector(novelty=True), or end the pipeline with the detector"
-            )
-        return True
+    _batch_alternative = (
+        "RsCINRescorer re-scores the batch it is fitted on; to re-score new images "
+        "(Pipeline.predict / score_samples after fit), use RsCINRescorer(novelty=True) "
+        "behind MutualScoringDetector(novelty=True), or end the pipeline with the detector"
+    )
 
-    @available_if(_novelty)
-    def score_samples(self, X, scores=None):
-        """Opposite of the re-scored anomaly score of new images; lower is more abnormal.
+    def _anomaly_scores_new(self, X, scores=None):
+        """Re-scored anomaly scores of new images (the novelty mixin's ``score_samples``).
 
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            New images' scores and embeddings (a novelty detector's
-            ``transform``), or their embeddings with ``scores``; the same
-            kind of embedding as in ``fit``.
-        scores : array-like of shape (n_images,), default=None
-            Their anomaly scores when ``X`` is an array.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_images,)
+        ``X`` is an ImageScores (a novelty detector's ``transform``), or
+        embeddings with ``scores``; the same kind of embedding as in ``fit``.
         """
         check_is_fitted(self, "offset_")
         pool_scores, pool_embeddings = self.pool_scores_, self.pool_embeddings_
@@ -301,43 +288,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
                 f"the new images carry {kind} embeddings of width {embeddings.shape[1]}; this re-scorer "
                 f"was fitted on {self.embedding_} embeddings of width {pool_embeddings.shape[1]}"
             )
-        return -_rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
+        return _rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
 
-    @available_if(_novelty)
-    def decision_function(self, X, scores=None):
-        """``score_samples - offset_``: negative for anomalous new images.
-
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            See :meth:`score_samples`.
-        scores : array-like of shape (n_images,), default=None
-            See :meth:`score_samples`.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_images,)
-        """
-        return self.score_samples(X, scores=scores) - self.offset_
-
-    @available_if(_novelty)
-    def predict(self, X, scores=None):
-        """Labels of new images: 1 normal, -1 anomalous.
-
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            See :meth:`score_samples`.
-        scores : array-like of shape (n_images,), default=None
-            See :meth:`score_samples`.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_images,)
-        """
-        return np.where(self.decision_function(X, scores=scores) < 0, -1, 1)
-
-    @available_if(_novelty)
+    @available_if(requires_novelty("predict_masks"))
     def predict_masks(self, X):
         """Defect masks of new images that agree with :meth:`predict`.
 

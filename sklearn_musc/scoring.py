@@ -9,19 +9,19 @@ import torch.nn.functional as F
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores
 from ._device import resolve_device
+from ._novelty import NoveltyMixin
 from ._threshold import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
 
 __all__ = ["MutualScoringDetector"]
 
-class MutualScoringDetector(OutlierMixin, BaseEstimator):
+class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     """Zero-shot anomaly detection by mutual scoring of an unlabeled batch.
 
     Every patch of every image is scored by the other images of the batch: for
@@ -536,75 +536,24 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             )
         return self._score_new(X)
 
-    def _novelty(self):
-        if not self.novelty:
-            raise AttributeError(
-                "score_samples, decision_function and predict score new images: they are "
-                "available with novelty=True; without it, use fit_predict on the whole batch"
-            )
-        return True
+    _batch_alternative = "without it, use fit_predict on the whole batch"
+    _no_offset_message = (
+        "a pool of one image has no scores of its own to set a threshold from: give "
+        "threshold=<a score> (e.g. threshold_ of a detector fitted on a batch), or use "
+        "score_samples / transform, which need none"
+    )
 
-    @available_if(_novelty)
-    def score_samples(self, X):
-        """Opposite of the anomaly score of new images; lower is more abnormal.
+    def _anomaly_scores_new(self, X):
+        """Each image of ``X`` scored by the pool alone (the novelty mixin's ``score_samples``).
 
-        Each image of ``X`` is scored by the pool alone, exactly as it would
-        be in the batch pool + {image}: for each pool image the distance to
-        its nearest patch, the interval average of those ``N`` distances
-        (``k`` bounds of a batch of ``N + 1``), the mean over the feature
-        sets, the upsampled map and its maximum. The images of ``X`` do not
-        score each other, so a new image's score does not depend on what
-        else is scored with it.
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's (same backbone, layers, LNAMD
-            settings and input size).
-
-        Returns
-        -------
-        scores : ndarray of shape (n_images,)
-            ``-anomaly score``.
+        Exactly as it would be in the batch pool + {image}: for each pool
+        image the distance to its nearest patch, the interval average of those
+        ``N`` distances (``k`` bounds of a batch of ``N + 1``), the mean over
+        the feature sets, the upsampled map and its maximum. The images of
+        ``X`` do not score each other, so a new image's score does not depend
+        on what else is scored with it.
         """
-        check_is_fitted(self, "pool_")
-        return -self._score_new(X).scores
-
-    @available_if(_novelty)
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for anomalous images.
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_images,)
-        """
-        if "offset_" not in self.__dict__:
-            raise ValueError(
-                "a pool of one image has no scores of its own to set a threshold from: give "
-                "threshold=<a score> (e.g. threshold_ of a detector fitted on a batch), or use "
-                "score_samples / transform, which need none"
-            )
-        return self.score_samples(X) - self.offset_
-
-    @available_if(_novelty)
-    def predict(self, X):
-        """Labels of new images: 1 normal, -1 anomalous (``decision_function < 0``).
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_images,)
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return self._score_new(X).scores
 
     def _score_new(self, X):
         check_is_fitted(self, "pool_")

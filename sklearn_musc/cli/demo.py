@@ -34,7 +34,7 @@ def _demo_pretrained(args):
 
 
 def run_demo(args):
-    from .datasets import load_masks, load_mvtec, make_synthetic_defects, save_synthetic_defects
+    from ..datasets import load_masks, load_mvtec, make_synthetic_defects, save_synthetic_defects
 
     out = Path(args.out)
     args.overwrite = True  # the demo folder is the demo's own: each run replaces it
