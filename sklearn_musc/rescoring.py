@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
 from ._novelty import NoveltyMixin, requires_novelty
-from ._threshold import defect_masks, threshold_scores
+from .thresholds import defect_masks, threshold_scores
 from ._validation import CONTAMINATION, Interval, Options, check_int_list, input_tags, int_sequence, validate_params
 
 __all__ = ["RsCINRescorer"]

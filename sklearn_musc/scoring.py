@@ -15,7 +15,7 @@ from . import _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores
 from ._device import resolve_device
 from ._novelty import NoveltyMixin
-from ._threshold import defect_masks, threshold_scores
+from .thresholds import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
 
