@@ -132,10 +132,11 @@ def test_hidden_files_and_folders_are_not_read(image_dir, tmp_path, capsys):
 
 
 def test_the_cli_and_the_dataset_loaders_share_one_suffix_list(tmp_path, capsys):
-    from sklearn_musc import datasets
+    from sklearn_musc.cli import options
+    from sklearn_musc.datasets import _readers
     from sklearn_musc.images import IMAGE_SUFFIXES
 
-    assert datasets.IMAGE_EXTENSIONS is IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
+    assert _readers.IMAGE_SUFFIXES is options.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
     rng = np.random.default_rng(0)
     for i, suffix in enumerate([".gif", ".webp", ".png"]):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"im{i}{suffix}")

@@ -34,7 +34,6 @@ objects with scratches, spots and missing parts) for demos and tests, and
 :func:`save_synthetic_defects` writes one in the MVTec AD layout.
 """
 
-from ..images import IMAGE_SUFFIXES
 from ._masks import load_masks
 from ._readers import list_categories, load_btad, load_mvtec, load_visa
 from ._synthetic import make_synthetic_defects, save_synthetic_defects
@@ -48,5 +47,3 @@ __all__ = [
     "make_synthetic_defects",
     "save_synthetic_defects",
 ]
-
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list for the loaders and the command line
