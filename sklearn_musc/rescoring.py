@@ -104,19 +104,18 @@ class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
         (MuSc-V2's feature of each image's most anomalous patch), "image"
         (the backbone's image embedding, the MuSc paper's), or "auto" (the
         salient feature when there is one, else the image embedding).
-        Ignored when ``X`` is an array. Measured on MVTec AD with DINOv2
-        ViT-S/14 (``benchmarks/RESULTS.md``, "Beyond the paper"): with the
-        class token RsCIN lowers the mean image AUROC (89.3 -> 88.2), with
-        the salient feature and windows (1, 7) it raises it (89.3 -> 90.1).
+        Ignored when ``X`` is an array. "auto" because, on MVTec AD, RsCIN
+        with the class token lowered the mean image AUROC and with the
+        salient feature raised it (``benchmarks/RESULTS.md``, "Beyond the
+        paper").
     contamination : "auto" or float in (0, 0.5], default="auto"
         How rescored values become labels when ``threshold`` is None; see
         :class:`MutualScoringDetector`. "auto" runs the label-free rule on
         the rescored values themselves; the threshold an :class:`ImageScores`
-        input carries (the detector's) is not applied: measured on MVTec AD
-        (``studies/labels.py``), RsCIN pulls a defective image towards its
-        normal neighbours, so the detector's threshold missed defects that
-        the rule on the rescored values keeps (production-like batches: mean
-        F1 / F1-max on the 8 tuning categories 0.64 carried, 0.71 own). Pass
+        input carries (the detector's) is not applied: RsCIN pulls a
+        defective image towards its normal neighbours, so the detector's
+        threshold misses defects that the rule on the rescored values keeps
+        (``benchmarks/RESULTS.md``, "Docstrings' numbers"). Pass
         ``threshold=`` to apply it.
     threshold : float or None, default=None
         A fixed threshold on the rescored values (e.g. ``threshold_`` of
@@ -146,10 +145,9 @@ class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
         labelled -1 here, by the detector's rule (docs/algorithm.rst, "Labels
         and masks": the pixels above half-way from the image's median map
         value to its peak); empty for images labelled 1, so the pipeline's
-        final labels and masks agree. Measured on MVTec AD
-        (``studies/labels.py``, with the first masks), masks that follow
-        these labels instead of the detector's doubled the pixel F1 / F1-max
-        on defect-heavy batches (0.27 against 0.14).
+        final labels and masks agree (masks that follow the detector's
+        labels instead were the worse: ``benchmarks/RESULTS.md``,
+        "Docstrings' numbers").
     k_list_ : tuple of int
         The windows used, after clipping to the batch size.
     embedding_ : str

@@ -57,8 +57,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         interval scores a patch against the images most like it, which helps
         products with wide normal variation (capsule, pill, screw), but a
         defect repeated in more than ``topmin_max`` of the batch vouches for
-        itself; 0.1 gained more on MVTec AD but lost a defect repeated in
-        10 % of a synthetic batch, which 0.2 (and 0.3) still rank first.
+        itself; 0.2 is the narrowest that still ranks a defect repeated in a
+        tenth of a batch first.
     novelty : bool, default=False
         Keep the fitted batch (its feature sets) as the pool that scores new
         images. ``fit`` still scores the batch itself, as without novelty;
@@ -85,23 +85,23 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         than half of its scorers) is scored by the others only.
         References are never dropped; new images scored against a pool
         (novelty) are not filtered. It reuses the table of best matches, so
-        the products cost nothing more. ``benchmarks/RESULTS.md`` has the
-        measurements: with the other defaults it ranks a spot copied to the
-        same place of 20 % or 30 % of a synthetic batch above every good
-        image (plain scoring does so up to 10 %), and costs 0.2 of mean image
-        AUROC on MVTec AD, whose defects of one type differ from image to
-        image; off by default, as plain scoring was the better on the
-        tuning categories and new images are not filtered.
+        the products cost nothing more. Off by default: it protects against
+        defects repeated in a larger share of the batch than plain scoring
+        does, but plain scoring was the better on MVTec AD's tuning
+        categories, whose defects of one type differ from image to image,
+        and new images are not filtered (the measurements:
+        ``benchmarks/RESULTS.md``, "Beyond the paper").
     contamination : "auto" or float in (0, 0.5], default="auto"
         How image scores become labels when ``threshold`` is None. A float
         flags that share of the batch (the ``1 - contamination`` quantile is
         the threshold). "auto" needs no labels: when a two-component Gaussian
         mixture of the image scores clearly beats one Gaussian and one Gumbel
         (BIC), the lower component's share is taken as normal and the rest
-        is flagged; otherwise the threshold is ``median + 4.5 * s_up``, with
-        ``s_up`` 1.4826 x the median deviation of the scores above the
-        median (a clean or production-like batch, where normal images are
-        the majority). See README "Labels".
+        is flagged; otherwise the threshold is ``median + n_sigma * s_up``,
+        with ``s_up`` the robust spread of the scores above the median (a
+        clean or production-like batch, where normal images are the
+        majority): :func:`~sklearn_musc.thresholds.auto_threshold`. See
+        README "Labels".
     threshold : float >= 0 or None, default=None
         A fixed threshold on the image scores (e.g. ``threshold_`` of
         another batch of the same product); None uses ``contamination``.
@@ -513,10 +513,10 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ``fit_transform`` and ``fit_predict`` call (the method exists because
         a Pipeline requires it of its intermediate steps). Returning the
         fitted batch's scores would need that batch to be recognised exactly,
-        by a hash of all its features at every fit (blake2b reads about
-        0.5 GB/s on one core: 13 to 27 s for 200 images of 12 sets of
-        37 x 37 patches of width 1024, float16 or float32), a cost paid by
-        every fit; anything cheaper could hand one batch's scores to another.
+        by a hash of all its features at every fit (seconds to tens of
+        seconds for a large batch: ``benchmarks/RESULTS.md``, "Docstrings'
+        numbers"), a cost paid by every fit; anything cheaper could hand one
+        batch's scores to another.
 
         Parameters
         ----------

@@ -1,10 +1,10 @@
 """Turning anomaly scores into labels and maps into masks: the one place the detector and the re-scorer share.
 
-:func:`threshold_scores` sets a batch's threshold from ``contamination`` (a
+``threshold_scores`` sets a batch's threshold from ``contamination`` (a
 share: a quantile, as in scikit-learn's ``IsolationForest``) or, for
 ``"auto"``, from :func:`auto_threshold`, the label-free rule; its constants
 are keyword arguments (a study calls it with other values; nothing
-overwrites this module's globals). :func:`defect_masks` cuts each flagged
+overwrites this module's globals). ``defect_masks`` cuts each flagged
 image's map at half height.
 
 The label-free rule, in two steps (why each step and each default was chosen,
@@ -30,7 +30,7 @@ naturally spread scores; it then treats it as a clean one and flags only its
 clear outliers.
 
 Ties (many identical images, MAD = 0) must not turn every image above the
-median into an anomaly: the scale has a floor (:func:`robust_scale`).
+median into an anomaly: the scale has a floor (``robust_scale``).
 """
 
 

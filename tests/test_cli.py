@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import cli
 from sklearn_musc.cli import command as cli_main
 from sklearn_musc.cli import options as cli_options

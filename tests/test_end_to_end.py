@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import (
     LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, maps_to_original,
     masks_to_input,

@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
 from sklearn_musc.images import load_image

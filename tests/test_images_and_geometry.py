@@ -385,6 +385,6 @@ def test_one_size_rule_for_model_inputs_and_masks():
 
 def test_shared_path_helper_is_beside_repo():
     # The tests locate ../shared relative to the repository, never inside it.
-    from conftest import SHARED
+    from _helpers import SHARED
 
     assert SHARED == Path(__file__).resolve().parents[1].parent / "shared"

@@ -11,7 +11,7 @@ from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer
 from sklearn_musc.cli import options as cli_options
 from sklearn_musc.cli.demo import DEMO_BACKBONE
 from sklearn_musc.presets import PRESETS, pretrained_from_options
-from conftest import load_script
+from _helpers import load_script
 
 STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm", MutualScoringDetector),
               ("rscin", RsCINRescorer)]

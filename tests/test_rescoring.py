@@ -7,7 +7,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 
 import _reference as ref
-from conftest import make_tokens
+from _helpers import make_tokens
 from sklearn_musc import ImageScores, LNAMDTransformer, MutualScoringDetector, RsCINRescorer
 from sklearn_musc._threshold import auto_threshold
 

@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import gumbel_r
 from sklearn.mixture import GaussianMixture
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import (
     LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, masks_to_input,
 )
