@@ -11,7 +11,7 @@ import _reference as ref
 from _helpers import make_tokens
 import torch
 from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, _msm
-from sklearn_musc._threshold import auto_threshold
+from sklearn_musc.thresholds import auto_threshold
 
 
 def features_of(tokens, r_list=(1, 3, 5)):

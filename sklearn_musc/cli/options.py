@@ -41,15 +41,11 @@ def _image_size(text):
 
 
 def _contamination(text):
-    if text == "auto":
-        return text
+    """``--contamination``: the estimators' own rule (check_contamination), worded for the option."""
     try:
-        value = float(text)
+        return check_contamination(text if text == "auto" else float(text))
     except ValueError:
-        value = None
-    if value is None or not 0.0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a share in (0, 0.5], got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a share in (0, 0.5], got {text!r}") from None
 
 
 def add_common_options(parser):
@@ -105,12 +101,6 @@ def build_pipeline(args, pretrained, novelty=False):
     )
 
 
-# the options that define a model: fixed by --model, so refused beside it
-MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "preset", "r_list", "k_list",
-                 "contamination", "max_subset_size")
-MODEL_STEPS = list(STEPS)
-
-
 def check_options(args):
     """Every option that can be checked without images or a model; InputError when one is bad."""
     def check(fn, *a, **kw):
@@ -121,7 +111,6 @@ def check_options(args):
 
     check(check_int_list, option(args, "r_list"), "--r-list", odd=True)
     check(check_int_list, option(args, "k_list"), "--k-list")
-    check(check_contamination, args.contamination)
     check(check_size, args.image_size, "--image-size")
     if args.max_subset_size is not None and args.max_subset_size < 2:
         raise InputError(f"--max-subset-size must be 2 or more, got {args.max_subset_size}")
