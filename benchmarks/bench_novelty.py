@@ -33,7 +33,8 @@ from sklearn.pipeline import Pipeline
 from bench_msm import best_time
 from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, ViTPatchTransformer, benjamini_hochberg,
                           conformal_pvalues)
-from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc.geometry import preprocess
+from sklearn_musc.images import load_image
 
 
 def main(argv=None):

@@ -12,8 +12,9 @@ from ._batch import FeatureSets, ImageScores, PatchTokens
 from .aggregation import LNAMDTransformer
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from .features import ViTPatchTransformer
+from .geometry import maps_to_original, masks_to_input, masks_to_original
+from .images import ImageFiles
 from .monitoring import DriftMonitor
-from .preprocessing import ImageFiles, maps_to_original, masks_to_input, masks_to_original
 from .presets import available_presets, make_musc_pipeline
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector

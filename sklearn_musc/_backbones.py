@@ -195,8 +195,12 @@ def _weights_format(path):
     return None
 
 
-def read_state_dict(path):
-    """Read a state dict (.safetensors, or a torch pickle of tensors) as float32 tensors."""
+def check_weights_file(path):
+    """The format of a weights file ("safetensors" or "torch"); an error naming the file otherwise.
+
+    FileNotFoundError or IsADirectoryError when it is not a file, ValueError
+    when its first bytes are neither format's.
+    """
     path = Path(path)
     _check_weights_path(path)
     kind = _weights_format(path)
@@ -206,6 +210,13 @@ def read_state_dict(path):
             "(its first bytes are not either format's); give a state dict saved with "
             "safetensors or torch.save"
         )
+    return kind
+
+
+def read_state_dict(path):
+    """Read a state dict (.safetensors, or a torch pickle of tensors) as float32 tensors."""
+    path = Path(path)
+    kind = check_weights_file(path)
     try:
         if kind == "safetensors":
             from safetensors.torch import load_file

@@ -184,7 +184,7 @@ class ImageScores(_BatchMixin):
         The detector's anomaly maps (at the model input size when known).
     input_size : (int, int) or None
         Model input size; with ``original_sizes``, what
-        :func:`~sklearn_musc.preprocessing.maps_to_original` needs.
+        :func:`~sklearn_musc.geometry.maps_to_original` needs.
     original_sizes : tuple of (int, int) or None
         Each image's size before preprocessing.
     anomaly_masks : ndarray of shape (n_images, H, W), bool, or None

@@ -4,7 +4,7 @@ import re
 
 import torch
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def resolve_device(device):
@@ -16,7 +16,7 @@ def resolve_device(device):
     """
     if isinstance(device, torch.device):
         device = str(device)
-    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}"
         )

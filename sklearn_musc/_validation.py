@@ -239,11 +239,11 @@ def int_sequence(minimum=1, odd=False):
 
 
 def _device(value):
-    from ._device import _DEVICE_RE
+    from ._device import DEVICE_PATTERN
 
     if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
         value = str(value)
-    return isinstance(value, str) and _DEVICE_RE.match(value) is not None
+    return isinstance(value, str) and DEVICE_PATTERN.match(value) is not None
 
 
 DEVICE = Satisfies(_device, "'auto', 'cpu', 'cuda' or 'cuda:<index>'")

@@ -18,9 +18,10 @@ from ._batch import PatchTokens
 from ._device import resolve_device
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 from ._validation import check_int_list, check_size
-from .preprocessing import as_image_list, load_image, maps_to_original, masks_to_input, masks_to_original, preprocess
+from .images import as_image_list, load_image
+from .geometry import preprocess
 
-__all__ = ["ViTPatchTransformer", "maps_to_original", "masks_to_input", "masks_to_original", "default_layers"]
+__all__ = ["ViTPatchTransformer", "default_layers"]
 
 _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
@@ -160,7 +161,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     See Also
     --------
     LNAMDTransformer : aggregates the tokens this transformer returns.
-    sklearn_musc.preprocessing.maps_to_original : puts maps at input size back on the original images.
+    sklearn_musc.geometry.maps_to_original : puts maps at input size back on the original images.
 
     Notes
     -----

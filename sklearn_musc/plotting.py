@@ -1,8 +1,7 @@
 """Anomaly maps drawn over their images.
 
 * :func:`anomaly_map_rgb` blends an image and its anomaly map into an RGB
-  array (and draws the outline of a ground-truth mask in), with no figure: the
-  command line writes its overlays with it.
+  array (and draws the outline of a ground-truth mask in), with no figure.
 * :func:`overlay_anomaly_map` draws one overlay on a matplotlib Axes.
 * :func:`plot_anomaly_grid` draws a whole batch as a grid of overlays.
 * :func:`normalization_bounds` gives the (vmin, vmax) of each map for the
@@ -10,10 +9,11 @@
 
 matplotlib is an optional dependency (``pip install sklearn-musc[examples]``),
 imported only inside the functions that need it. :func:`anomaly_map_rgb` does
-not need it for ``cmap="jet"``: without matplotlib it uses a built-in copy of
+not need it for ``cmap="jet"``: ``"jet"`` is always the built-in copy of
 matplotlib's ``jet`` (the same piecewise-linear segments, so the colours agree
-to within rounding); other colormap names need matplotlib, and a colormap may
-also be given as an (n_colors, 3 or 4) array.
+to within rounding), so the same inputs give the same overlay with or without
+matplotlib; other colormap names need matplotlib, and a colormap may also be
+given as an (n_colors, 3 or 4) array.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
-from .preprocessing import read_rgb, resize_map, resize_mask
+from ._colormap import INSTALL_HINT, lookup_table, unit_scale
+from .geometry import resize_map, resize_mask
+from .images import read_rgb
 
 __all__ = [
     "anomaly_map_rgb",
@@ -32,15 +34,6 @@ __all__ = [
     "plot_anomaly_grid",
 ]
 
-_INSTALL_HINT = "pip install sklearn-musc[examples]"
-
-# matplotlib's "jet" segments: (x, value) breakpoints of each channel.
-_JET_SEGMENTS = (
-    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
-)
-
 
 def _import_matplotlib(what):
     try:
@@ -48,7 +41,7 @@ def _import_matplotlib(what):
     except ImportError as exc:
         raise ImportError(
             f"{what} needs matplotlib, an optional dependency of sklearn-musc; install it "
-            f"with: {_INSTALL_HINT}"
+            f"with: {INSTALL_HINT}"
         ) from exc
     return matplotlib
 
@@ -58,47 +51,6 @@ def _import_pyplot(what):
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _jet_lut(n=256):
-    """matplotlib's jet colormap as an (n, 3) float array, computed with numpy only."""
-    x = np.linspace(0.0, 1.0, n)
-    channels = []
-    for segments in _JET_SEGMENTS:
-        xp, fp = zip(*segments)
-        channels.append(np.interp(x, xp, fp))
-    return np.stack(channels, axis=1)
-
-
-def _lut(cmap, n=256):
-    """An (n_colors, 3) float lookup table in [0, 1] for ``cmap``."""
-    if isinstance(cmap, np.ndarray) or isinstance(cmap, (list, tuple)):
-        lut = np.asarray(cmap)
-        if lut.ndim != 2 or lut.shape[1] not in (3, 4) or len(lut) < 2:
-            raise ValueError(
-                f"a colormap array must have shape (n_colors >= 2, 3 or 4), got {lut.shape}"
-            )
-        lut = lut[:, :3]
-        if lut.dtype == np.uint8:
-            return lut.astype(np.float64) / 255.0
-        lut = lut.astype(np.float64)
-        if not np.all(np.isfinite(lut)) or lut.min() < 0 or lut.max() > 1:
-            raise ValueError("a float colormap array must hold values in [0, 1]")
-        return lut
-    try:
-        import matplotlib
-    except ImportError:
-        if cmap == "jet":
-            return _jet_lut(n)
-        raise ImportError(
-            f"the colormap {cmap!r} needs matplotlib (only 'jet' is built in); install it "
-            f"with: {_INSTALL_HINT}"
-        ) from None
-    if isinstance(cmap, str):
-        colormap = matplotlib.colormaps[cmap]
-    else:
-        colormap = cmap  # a matplotlib Colormap
-    return np.asarray(colormap(np.linspace(0.0, 1.0, n)))[:, :3]
 
 
 def _as_map(anomaly_map):
@@ -175,13 +127,6 @@ def normalization_bounds(anomaly_maps, normalize="batch"):
     return np.tile([vmin, vmax], (len(maps), 1)).astype(np.float64)
 
 
-def _scale(values, vmin, vmax):
-    """Values mapped to [0, 1] by (vmin, vmax), clipped; a zero range maps to 0 / 1."""
-    if vmax > vmin:
-        return np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
-    return (values > vmin).astype(np.float64)
-
-
 def _outline(mask, width):
     """Inner boundary pixels of a binary mask (the image border is not a boundary)."""
     if not mask.any():
@@ -213,7 +158,7 @@ def anomaly_map_rgb(
     ----------
     image : array-like of shape (H, W, 3), (H, W, 4) or (H, W), a PIL image or a path
         uint8, uint16, bool, or float in [0, 1]. Read as the model reads it
-        (:func:`~sklearn_musc.preprocessing.load_image`): alpha channels are
+        (:func:`~sklearn_musc.images.load_image`): alpha channels are
         dropped, grey is repeated, the EXIF orientation is applied.
     anomaly_map : array-like of shape (h, w)
         The anomaly scores of the pixels.
@@ -256,8 +201,8 @@ def anomaly_map_rgb(
     values = resize_map(_as_map(anomaly_map), size)
     vmin, vmax = _check_bounds(vmin, vmax)
     alpha = _check_alpha(alpha)
-    lut = _lut(cmap)
-    t = _scale(values, vmin, vmax)
+    lut = lookup_table(cmap)
+    t = unit_scale(values, vmin, vmax)
     index = np.minimum((t * len(lut)).astype(np.intp), len(lut) - 1)
     blended = (1.0 - alpha) * rgb + alpha * lut[index]
     out = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)

@@ -8,7 +8,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
-from ._threshold import defect_masks, threshold_scores
+from ._novelty import NoveltyMixin, requires_novelty
+from .thresholds import defect_masks, threshold_scores
 from ._validation import CONTAMINATION, Interval, Options, check_int_list, input_tags, int_sequence, validate_params
 
 __all__ = ["RsCINRescorer"]
@@ -71,7 +72,7 @@ def _rscin(scores, embeddings, k_list):
     return rescored / len(k_list)
 
 
-class RsCINRescorer(OutlierMixin, BaseEstimator):
+class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
     """Refine image anomaly scores with each image's nearest images.
 
     For each window ``k`` in ``k_list``, each image's score is replaced by
@@ -103,19 +104,18 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         (MuSc-V2's feature of each image's most anomalous patch), "image"
         (the backbone's image embedding, the MuSc paper's), or "auto" (the
         salient feature when there is one, else the image embedding).
-        Ignored when ``X`` is an array. Measured on MVTec AD with DINOv2
-        ViT-S/14 (``benchmarks/RESULTS.md``, "Beyond the paper"): with the
-        class token RsCIN lowers the mean image AUROC (89.3 -> 88.2), with
-        the salient feature and windows (1, 7) it raises it (89.3 -> 90.1).
+        Ignored when ``X`` is an array. "auto" because, on MVTec AD, RsCIN
+        with the class token lowered the mean image AUROC and with the
+        salient feature raised it (``benchmarks/RESULTS.md``, "Beyond the
+        paper").
     contamination : "auto" or float in (0, 0.5], default="auto"
         How rescored values become labels when ``threshold`` is None; see
         :class:`MutualScoringDetector`. "auto" runs the label-free rule on
         the rescored values themselves; the threshold an :class:`ImageScores`
-        input carries (the detector's) is not applied: measured on MVTec AD
-        (``studies/labels.py``), RsCIN pulls a defective image towards its
-        normal neighbours, so the detector's threshold missed defects that
-        the rule on the rescored values keeps (production-like batches: mean
-        F1 / F1-max on the 8 tuning categories 0.64 carried, 0.71 own). Pass
+        input carries (the detector's) is not applied: RsCIN pulls a
+        defective image towards its normal neighbours, so the detector's
+        threshold misses defects that the rule on the rescored values keeps
+        (``benchmarks/RESULTS.md``, "Docstrings' numbers"). Pass
         ``threshold=`` to apply it.
     threshold : float or None, default=None
         A fixed threshold on the rescored values (e.g. ``threshold_`` of
@@ -145,10 +145,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
         labelled -1 here, by the detector's rule (docs/algorithm.rst, "Labels
         and masks": the pixels above half-way from the image's median map
         value to its peak); empty for images labelled 1, so the pipeline's
-        final labels and masks agree. Measured on MVTec AD
-        (``studies/labels.py``, with the first masks), masks that follow
-        these labels instead of the detector's doubled the pixel F1 / F1-max
-        on defect-heavy batches (0.27 against 0.14).
+        final labels and masks agree (masks that follow the detector's
+        labels instead were the worse: ``benchmarks/RESULTS.md``,
+        "Docstrings' numbers").
     k_list_ : tuple of int
         The windows used, after clipping to the batch size.
     embedding_ : str
@@ -273,31 +272,17 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
             raise ValueError("embeddings and scores must not contain NaN or infinity")
         return scores, embeddings, kind
 
-    def _novelty(self):
-        if not self.novelty:
-            raise AttributeError(
-                "RsCINRescorer re-scores the batch it is fitted on; to re-score new images "
-                "(Pipeline.predict / score_samples after fit), use RsCINRescorer(novelty=True) "
-                "behind MutualScoringDetector(novelty=True), or end the pipeline with the detector"
-            )
-        return True
+    _batch_alternative = (
+        "RsCINRescorer re-scores the batch it is fitted on; to re-score new images "
+        "(Pipeline.predict / score_samples after fit), use RsCINRescorer(novelty=True) "
+        "behind MutualScoringDetector(novelty=True), or end the pipeline with the detector"
+    )
 
-    @available_if(_novelty)
-    def score_samples(self, X, scores=None):
-        """Opposite of the re-scored anomaly score of new images; lower is more abnormal.
+    def _anomaly_scores_new(self, X, scores=None):
+        """Re-scored anomaly scores of new images (the novelty mixin's ``score_samples``).
 
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            New images' scores and embeddings (a novelty detector's
-            ``transform``), or their embeddings with ``scores``; the same
-            kind of embedding as in ``fit``.
-        scores : array-like of shape (n_images,), default=None
-            Their anomaly scores when ``X`` is an array.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_images,)
+        ``X`` is an ImageScores (a novelty detector's ``transform``), or
+        embeddings with ``scores``; the same kind of embedding as in ``fit``.
         """
         check_is_fitted(self, "offset_")
         pool_scores, pool_embeddings = self.pool_scores_, self.pool_embeddings_
@@ -307,43 +292,9 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
                 f"the new images carry {kind} embeddings of width {embeddings.shape[1]}; this re-scorer "
                 f"was fitted on {self.embedding_} embeddings of width {pool_embeddings.shape[1]}"
             )
-        return -_rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
+        return _rscin_new(new_scores, embeddings, pool_scores, pool_embeddings, self.k_list_)
 
-    @available_if(_novelty)
-    def decision_function(self, X, scores=None):
-        """``score_samples - offset_``: negative for anomalous new images.
-
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            See :meth:`score_samples`.
-        scores : array-like of shape (n_images,), default=None
-            See :meth:`score_samples`.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_images,)
-        """
-        return self.score_samples(X, scores=scores) - self.offset_
-
-    @available_if(_novelty)
-    def predict(self, X, scores=None):
-        """Labels of new images: 1 normal, -1 anomalous.
-
-        Parameters
-        ----------
-        X : ImageScores or array-like of shape (n_images, embed_dim)
-            See :meth:`score_samples`.
-        scores : array-like of shape (n_images,), default=None
-            See :meth:`score_samples`.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_images,)
-        """
-        return np.where(self.decision_function(X, scores=scores) < 0, -1, 1)
-
-    @available_if(_novelty)
+    @available_if(requires_novelty("pvalues"))
     def pvalues(self, X):
         """The detector's conformal p-values of new images, passed on unchanged.
 
@@ -370,7 +321,7 @@ class RsCINRescorer(OutlierMixin, BaseEstimator):
                              "MutualScoringDetector(novelty=True).transform returns from a calibrated pool")
         return X.pvalues
 
-    @available_if(_novelty)
+    @available_if(requires_novelty("predict_masks"))
     def predict_masks(self, X):
         """Defect masks of new images that agree with :meth:`predict`.
 

@@ -16,13 +16,14 @@ from . import _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
-from ._threshold import defect_masks, threshold_scores
+from ._novelty import NoveltyMixin, requires_novelty
+from .thresholds import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
 
 __all__ = ["MutualScoringDetector"]
 
-class MutualScoringDetector(OutlierMixin, BaseEstimator):
+class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     """Zero-shot anomaly detection by mutual scoring of an unlabeled batch.
 
     Every patch of every image is scored by the other images of the batch: for
@@ -58,8 +59,8 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         interval scores a patch against the images most like it, which helps
         products with wide normal variation (capsule, pill, screw), but a
         defect repeated in more than ``topmin_max`` of the batch vouches for
-        itself; 0.1 gained more on MVTec AD but lost a defect repeated in
-        10 % of a synthetic batch, which 0.2 (and 0.3) still rank first.
+        itself; 0.2 is the narrowest that still ranks a defect repeated in a
+        tenth of a batch first.
     novelty : bool, default=False
         Keep the fitted batch (its feature sets) as the pool that scores new
         images. ``fit`` still scores the batch itself, as without novelty;
@@ -86,23 +87,23 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         than half of its scorers) is scored by the others only.
         References are never dropped; new images scored against a pool
         (novelty) are not filtered. It reuses the table of best matches, so
-        the products cost nothing more. ``benchmarks/RESULTS.md`` has the
-        measurements: with the other defaults it ranks a spot copied to the
-        same place of 20 % or 30 % of a synthetic batch above every good
-        image (plain scoring does so up to 10 %), and costs 0.2 of mean image
-        AUROC on MVTec AD, whose defects of one type differ from image to
-        image; off by default, as plain scoring was the better on the
-        tuning categories and new images are not filtered.
+        the products cost nothing more. Off by default: it protects against
+        defects repeated in a larger share of the batch than plain scoring
+        does, but plain scoring was the better on MVTec AD's tuning
+        categories, whose defects of one type differ from image to image,
+        and new images are not filtered (the measurements:
+        ``benchmarks/RESULTS.md``, "Beyond the paper").
     contamination : "auto" or float in (0, 0.5], default="auto"
         How image scores become labels when ``threshold`` is None. A float
         flags that share of the batch (the ``1 - contamination`` quantile is
         the threshold). "auto" needs no labels: when a two-component Gaussian
         mixture of the image scores clearly beats one Gaussian and one Gumbel
         (BIC), the lower component's share is taken as normal and the rest
-        is flagged; otherwise the threshold is ``median + 4.5 * s_up``, with
-        ``s_up`` 1.4826 x the median deviation of the scores above the
-        median (a clean or production-like batch, where normal images are
-        the majority). See README "Labels".
+        is flagged; otherwise the threshold is ``median + n_sigma * s_up``,
+        with ``s_up`` the robust spread of the scores above the median (a
+        clean or production-like batch, where normal images are the
+        majority): :func:`~sklearn_musc.thresholds.auto_threshold`. See
+        README "Labels".
     threshold : float >= 0 or None, default=None
         A fixed threshold on the image scores (e.g. ``threshold_`` of
         another batch of the same product); None uses ``alpha``, ``fdr``
@@ -691,10 +692,10 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         ``fit_transform`` and ``fit_predict`` call (the method exists because
         a Pipeline requires it of its intermediate steps). Returning the
         fitted batch's scores would need that batch to be recognised exactly,
-        by a hash of all its features at every fit (blake2b reads about
-        0.5 GB/s on one core: 13 to 27 s for 200 images of 12 sets of
-        37 x 37 patches of width 1024, float16 or float32), a cost paid by
-        every fit; anything cheaper could hand one batch's scores to another.
+        by a hash of all its features at every fit (seconds to tens of
+        seconds for a large batch: ``benchmarks/RESULTS.md``, "Docstrings'
+        numbers"), a cost paid by every fit; anything cheaper could hand one
+        batch's scores to another.
 
         Parameters
         ----------
@@ -714,75 +715,24 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
             )
         return self._score_new(X)
 
-    def _novelty(self):
-        if not self.novelty:
-            raise AttributeError(
-                "score_samples, decision_function and predict score new images: they are "
-                "available with novelty=True; without it, use fit_predict on the whole batch"
-            )
-        return True
+    _batch_alternative = "without it, use fit_predict on the whole batch"
+    _no_offset_message = (
+        "a pool of one image has no scores of its own to set a threshold from: give "
+        "threshold=<a score> (e.g. threshold_ of a detector fitted on a batch), or use "
+        "score_samples / transform, which need none"
+    )
 
-    @available_if(_novelty)
-    def score_samples(self, X):
-        """Opposite of the anomaly score of new images; lower is more abnormal.
+    def _anomaly_scores_new(self, X):
+        """Each image of ``X`` scored by the pool alone (the novelty mixin's ``score_samples``).
 
-        Each image of ``X`` is scored by the pool alone, exactly as it would
-        be in the batch pool + {image}: for each pool image the distance to
-        its nearest patch, the interval average of those ``N`` distances
-        (``k`` bounds of a batch of ``N + 1``), the mean over the feature
-        sets, the upsampled map and its maximum. The images of ``X`` do not
-        score each other, so a new image's score does not depend on what
-        else is scored with it.
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's (same backbone, layers, LNAMD
-            settings and input size).
-
-        Returns
-        -------
-        scores : ndarray of shape (n_images,)
-            ``-anomaly score``.
+        Exactly as it would be in the batch pool + {image}: for each pool
+        image the distance to its nearest patch, the interval average of those
+        ``N`` distances (``k`` bounds of a batch of ``N + 1``), the mean over
+        the feature sets, the upsampled map and its maximum. The images of
+        ``X`` do not score each other, so a new image's score does not depend
+        on what else is scored with it.
         """
-        check_is_fitted(self, "pool_")
-        return -self._score_new(X).scores
-
-    @available_if(_novelty)
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for anomalous images.
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_images,)
-        """
-        if "offset_" not in self.__dict__:
-            raise ValueError(
-                "a pool of one image has no scores of its own to set a threshold from: give "
-                "threshold=<a score> (e.g. threshold_ of a detector fitted on a batch), or use "
-                "score_samples / transform, which need none"
-            )
-        return self.score_samples(X) - self.offset_
-
-    @available_if(_novelty)
-    def predict(self, X):
-        """Labels of new images: 1 normal, -1 anomalous (``decision_function < 0``).
-
-        Parameters
-        ----------
-        X : FeatureSets or array-like of shape (n_images, n_sets, grid_h, grid_w, dim)
-            Feature sets made like the pool's.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_images,)
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return self._score_new(X).scores
 
     def _score_new(self, X):
         check_is_fitted(self, "pool_")
@@ -818,7 +768,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         pvalues = None if calibration is None else conformal_pvalues(calibration, scores)
         return self._image_scores(X, patch_scores, maps, scores, pvalues)
 
-    @available_if(_novelty)
+    @available_if(requires_novelty("pvalues"))
     def pvalues(self, X):
         """Conformal p-values of new images against the pool (``novelty=True``).
 
@@ -847,7 +797,7 @@ class MutualScoringDetector(OutlierMixin, BaseEstimator):
         self._calibration()
         return self._score_new(X).pvalues
 
-    @available_if(_novelty)
+    @available_if(requires_novelty("partial_fit"))
     def partial_fit(self, X, y=None):
         """Add accepted parts to the pool (``novelty=True``); fit on them when not fitted yet.
 

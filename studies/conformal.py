@@ -441,9 +441,13 @@ def exact(alpha=0.1, seeds=5):
                     p_exact = (1 + (full >= s).sum()) / (len(pool) + 1)
                     p_bound = conformal_pvalues(calib, [s])[0]
                     if is_bad:
-                        pb.append(p_bound), pe.append(p_exact), rb.append(p_bound <= alpha), re_.append(p_exact <= alpha)
+                        pb.append(p_bound)
+                        pe.append(p_exact)
+                        rb.append(p_bound <= alpha)
+                        re_.append(p_exact <= alpha)
                     else:
-                        fb.append(p_bound <= alpha), fe.append(p_exact <= alpha)
+                        fb.append(p_bound <= alpha)
+                        fe.append(p_exact <= alpha)
         if pb:
             print(f"| {c} | {len(pool)} | {np.mean(pb):.4f} / {np.mean(pe):.4f} | {np.mean(rb):.3f} / "
                   f"{np.mean(re_):.3f} | {np.mean(fb):.3f} / {np.mean(fe):.3f} |", flush=True)

@@ -41,7 +41,7 @@ from _cache import TUNE, categories, load  # noqa: E402
 
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
 from sklearn_musc import _msm  # noqa: E402
-from sklearn_musc._batch import ImageScores  # noqa: E402
+from sklearn_musc import ImageScores  # noqa: E402
 from sklearn_musc.metrics import evaluate, image_auroc  # noqa: E402
 
 OUT = Path(os.environ.get("MUSC_STUDIES", "/tmp/musc-studies"))

@@ -259,19 +259,12 @@ SWEEP = {f"gmm m{m} D{d} +mad{c}": gmm_rule(c, log=lg, margin=m, d_min=d)
          for lg in (True,) for m in (0, 4, 10) for d in (0, 2) for c in (2.5, 3, 3.5, 4)}
 SWEEP.update({f"mad{c}": mad_rule(c) for c in (2, 2.5, 3, 3.5, 4, 5)})
 
-def impl_rule(n_sigma=None, margin=None, guard=None):
-    """The package's rule (sklearn_musc._threshold.auto_threshold), constants overridable."""
-    from sklearn_musc import _threshold as th
+def impl_rule(n_sigma=4.5, margin=10.0, guard=True):
+    """The package's rule (sklearn_musc.thresholds.auto_threshold) with other constants."""
+    from sklearn_musc.thresholds import auto_threshold
 
     def rule(s, b=None):
-        saved = th._N_SIGMA, th._BIC_MARGIN, th._SKEW_GUARD
-        th._N_SIGMA = saved[0] if n_sigma is None else n_sigma
-        th._BIC_MARGIN = saved[1] if margin is None else margin
-        th._SKEW_GUARD = saved[2] if guard is None else guard
-        try:
-            return th.auto_threshold(s)
-        finally:
-            th._N_SIGMA, th._BIC_MARGIN, th._SKEW_GUARD = saved
+        return auto_threshold(s, n_sigma=n_sigma, bic_margin=margin, skew_guard=guard)
     return rule
 
 
@@ -339,20 +332,23 @@ def maps_of(b):
     return up[:, 0].numpy()
 
 
-def final_rows(data):
-    """Per category and batch kind: the package's default rule against the old one."""
+def final_rows(data, **rule):
+    """Per category and batch kind: the package's default rule (``rule``: its keyword arguments) against the old one."""
     from sklearn_musc import ImageScores
-    from sklearn_musc._threshold import defect_masks, threshold_scores
+    from sklearn_musc.thresholds import auto_threshold, defect_masks, threshold_scores
     rows = {}
     for c, r in data.items():
         row = {}
         for kind in KINDS:
             b = r[kind]
             y, s = b["labels"], b["image"]
-            t, lab = threshold_scores(s, "auto")
+            t, lab = threshold_scores(s, "auto", threshold=auto_threshold(s, **rule))
             maps = maps_of(b)
-            rs = RsCINRescorer().fit(ImageScores(scores=s, embeddings=b["embeddings"],
-                                                 salient_features=b["salient"], threshold=t, anomaly_maps=maps))
+            batch = ImageScores(scores=s, embeddings=b["embeddings"], salient_features=b["salient"], threshold=t,
+                                anomaly_maps=maps)
+            rs = RsCINRescorer().fit(batch)
+            if rule:  # RsCIN's "auto" with the same constants
+                rs = RsCINRescorer(threshold=auto_threshold(rs.anomaly_scores_, **rule)).fit(batch)
             sr = rs.anomaly_scores_
             old = sr > mad_rule(3)(sr)
             masks = rs.anomaly_masks_  # the pipeline's masks: they follow RsCIN's labels
@@ -486,11 +482,11 @@ def separable(data):
     from scipy.stats import anderson_ksamp, cramervonmises_2samp, ks_2samp
     from sklearn.metrics import roc_auc_score
 
-    from sklearn_musc._threshold import _robust_scale
+    from sklearn_musc.thresholds import robust_scale
 
     def standardised(x):
         med = np.median(x)
-        return (x - med) / _robust_scale(x, med)[0]
+        return (x - med) / robust_scale(x, med)[0]
 
     for c, r in data.items():
         h, cl = rscin_raw(r["heavy"]), rscin_raw(r["clean"])
@@ -511,7 +507,7 @@ def carry(data):
     label F1 / F1-max of the defect-heavy and production-like batches (RsCIN's
     values) with the threshold of ``contamination="auto"`` on the clean batch.
     """
-    from sklearn_musc._threshold import auto_threshold
+    from sklearn_musc.thresholds import auto_threshold
 
     rows = {}
     for c, r in data.items():
@@ -564,6 +560,9 @@ def resolution_check(size, cats):
 
 
 def main(argv):
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     what = argv[0] if argv else "compute"
     if what == "resolution":
         return resolution_check(int(argv[1]), argv[2:] or ("screw", "zipper", "capsule"))
@@ -593,10 +592,9 @@ def main(argv):
         print_bounds(load_all(cached(cats)))
     elif what == "table":
         cats = cached(cats)
-        if os.environ.get("LABELS_SKEW_GUARD") == "0":  # the rule without its Gumbel guard
-            from sklearn_musc import _threshold
-            _threshold._SKEW_GUARD = False
-        rows = final_rows(load_all(cats))
+        # LABELS_SKEW_GUARD=0: the rule without its Gumbel guard
+        rule = {"skew_guard": False} if os.environ.get("LABELS_SKEW_GUARD") == "0" else {}
+        rows = final_rows(load_all(cats), **rule)
         print(table(rows))
     else:
         raise SystemExit(f"unknown command {what!r}")

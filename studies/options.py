@@ -166,6 +166,9 @@ def per_category(cats, configs):
 
 
 def main(argv):
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
     if what == "compute":

@@ -22,6 +22,9 @@ from sklearn_musc.metrics import image_auroc
 
 
 def main(names):
+    if names and names[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     print("| category | pool N | max abs score diff | AUROC float32 | AUROC float16 | saved MiB float32 | "
           "saved MiB float16 |")
     print("|---|---|---|---|---|---|---|")

@@ -6,7 +6,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import _reference as ref
-from conftest import make_tokens
+from _helpers import make_tokens
 from sklearn_musc import FeatureSets, LNAMDTransformer, PatchTokens
 
 

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import cli
+from sklearn_musc.cli import command as cli_main
+from sklearn_musc.cli import options as cli_options
+from sklearn_musc.cli import run as cli_run
 from sklearn_musc.datasets import make_synthetic_defects, save_synthetic_defects
 
 WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
@@ -44,7 +47,7 @@ def no_model(monkeypatch):
     def fail(vit):
         raise AssertionError("the model ran before the inputs were checked")
 
-    monkeypatch.setattr(cli, "load_backbone", fail)
+    monkeypatch.setattr(cli_run, "load_backbone", fail)
 
 
 def test_score_writes_csv_overlays_maps_and_summary(image_dir, tmp_path, capsys):
@@ -129,10 +132,11 @@ def test_hidden_files_and_folders_are_not_read(image_dir, tmp_path, capsys):
 
 
 def test_the_cli_and_the_dataset_loaders_share_one_suffix_list(tmp_path, capsys):
-    from sklearn_musc import datasets
-    from sklearn_musc.preprocessing import IMAGE_SUFFIXES
+    from sklearn_musc.cli import options
+    from sklearn_musc.datasets import _readers
+    from sklearn_musc.images import IMAGE_SUFFIXES
 
-    assert datasets.IMAGE_EXTENSIONS is IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
+    assert _readers.IMAGE_SUFFIXES is options.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
     rng = np.random.default_rng(0)
     for i, suffix in enumerate([".gif", ".webp", ".png"]):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"im{i}{suffix}")
@@ -230,7 +234,7 @@ def test_a_non_utf8_file_name_is_written_everywhere(image_dir, tmp_path, capsys)
 
 
 def test_an_interrupted_run_leaves_no_file_that_looks_finished(image_dir, tmp_path, capsys, monkeypatch):
-    from sklearn_musc import _outputs
+    from sklearn_musc.cli import outputs as _outputs
 
     directory, _ = image_dir
     calls = []
@@ -284,7 +288,7 @@ def test_a_folder_of_an_older_version_is_refused(image_dir, tmp_path, capsys):
 def test_offline_without_weights_fails_at_once_naming_weights(image_dir, tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
 
-    monkeypatch.setattr(cli, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(cli_run, "_hub_reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     directory, _ = image_dir
     start = time.perf_counter()
@@ -310,10 +314,10 @@ def test_options_reach_the_estimators():
     captured = {}
 
     def fake_run(args, directory, pretrained):
-        captured["pipe"] = cli.build_pipeline(args, pretrained)
+        captured["pipe"] = cli_options.build_pipeline(args, pretrained)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "run_score", fake_run)
+        mp.setattr(cli_main, "run_score", fake_run)
         cli.main(parser_args)
     pipe = captured["pipe"]
     assert pipe["vit"].image_size == (224, 168) and pipe["vit"].pretrained == "w.safetensors"
@@ -326,7 +330,7 @@ def test_preset_option_sets_the_steps_after_the_backbone():
     """--preset paper-visa: the paper's aggregation, interval and RsCIN; given lists still win."""
     def pipeline(*options):
         args = cli.build_parser().parse_args(["score", "d", "--out", "o", *options])
-        return cli.build_pipeline(args, cli._pretrained(args))
+        return cli_options.build_pipeline(args, cli_options.pretrained(args))
 
     paper = pipeline("--preset", "paper-visa")
     assert (paper["lnamd"].aggregation, paper["msm"].topmin_max, paper["rscin"].k_list,
@@ -340,7 +344,7 @@ def test_preset_option_sets_the_steps_after_the_backbone():
 
 
 def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(cli_run, "_hub_reachable", lambda: False)
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))

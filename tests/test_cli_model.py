@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sklearn_musc import cli
+from sklearn_musc.cli import run as cli_run
 from sklearn_musc.datasets import save_synthetic_defects
 
 SMALL = ["--backbone", "timm:vit_small_patch14_dinov2", "--image-size", "56", "--device", "cpu", "--no-progress"]
@@ -77,7 +78,7 @@ def test_single_files_score_as_in_the_folder(fitted, tmp_path, capsys):
 
 def test_model_options_beside_model_are_refused_before_anything_runs(fitted, tmp_path, capsys, monkeypatch):
     root, model = fitted
-    monkeypatch.setattr(cli, "load_model", lambda path: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli_run, "load_model", lambda path: pytest.fail("the model was loaded"))
     rc, _, err = run(capsys, "score", root / "new" / "test", "--model", model, "--out", tmp_path / "x",
                      "--image-size", "112")
     assert rc == 2 and "--image-size cannot be combined with --model" in err
@@ -113,6 +114,6 @@ def test_fit_writes_the_model_whole_or_not_at_all(fitted, tmp_path, capsys, monk
         open(path, "wb").write(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.joblib, "dump", broken_dump)
+    monkeypatch.setattr(cli_run.joblib, "dump", broken_dump)
     rc, _, _ = run(capsys, "fit", root / "refs" / "test", "--model", target, *RANDOM)
     assert rc == 130 and list(tmp_path.iterdir()) == []

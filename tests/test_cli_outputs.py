@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_musc._outputs import OutputFolder, ScoreResults, render_overlay
+from sklearn_musc.cli.outputs import OutputFolder, ScoreResults, render_overlay
 from sklearn_musc.plotting import anomaly_map_rgb
-from sklearn_musc.features import maps_to_original
+from sklearn_musc.geometry import maps_to_original
 
 
 def _results(tmp_path, n=5, sizes=None, masks=None):
@@ -107,7 +107,7 @@ def test_without_masks_no_mask_folder(tmp_path):
 
 
 def test_a_failure_while_writing_leaves_the_folder_untouched(tmp_path, monkeypatch):
-    from sklearn_musc import _outputs
+    from sklearn_musc.cli import outputs as _outputs
 
     out = tmp_path / "out"
     first = _results(tmp_path)
@@ -135,7 +135,7 @@ def test_overlay_memory_is_bounded_for_a_large_photo(tmp_path):
     script = textwrap.dedent(f"""
         import resource, numpy as np
         from PIL import Image
-        from sklearn_musc._outputs import render_overlay
+        from sklearn_musc.cli.outputs import render_overlay
         y, x = np.mgrid[0:4000, 0:4000]
         img = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
         Image.fromarray(img).save({str(tmp_path / 'big.png')!r})
@@ -150,3 +150,38 @@ def test_overlay_memory_is_bounded_for_a_large_photo(tmp_path):
     assert result.returncode == 0, result.stderr
     extra_mb = int(result.stdout.split()[-1])
     assert extra_mb < 200, extra_mb  # 48 MB output + 16 MB index + bands
+
+
+def test_overlay_pngs_are_the_same_bytes_with_and_without_matplotlib(tmp_path):
+    """The overlays' colours are the built-in jet: an optional dependency never changes an output."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    code = """
+import io, sys
+if sys.argv[1] == "blocked":
+    sys.modules["matplotlib"] = None  # import matplotlib raises ImportError
+import numpy as np
+from PIL import Image
+from sklearn_musc.cli.outputs import render_overlay
+from sklearn_musc.plotting import anomaly_map_rgb
+rng = np.random.default_rng(0)
+image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+amap = rng.random((16, 16)).astype(np.float32)
+mask = amap > 0.7
+out = io.BytesIO()
+render_overlay(image, amap, (16, 16), 0.1, 0.9, mask=mask).save(out, format="PNG")
+Image.fromarray(anomaly_map_rgb(image, amap, 0.1, 0.9, mask=mask)).save(out, format="PNG")
+assert ("matplotlib" in sys.modules and sys.modules["matplotlib"] is None) == (sys.argv[1] == "blocked")
+open(sys.argv[2], "wb").write(out.getvalue())
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    outputs = {}
+    for mode in ("blocked", "installed"):
+        target = tmp_path / f"{mode}.bin"
+        subprocess.run([sys.executable, "-c", code, mode, str(target)], env=env, check=True, timeout=300)
+        outputs[mode] = target.read_bytes()
+    assert len(outputs["blocked"]) > 1000
+    assert outputs["blocked"] == outputs["installed"]

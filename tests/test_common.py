@@ -189,7 +189,7 @@ def test_numpy_numbers_are_accepted(est):
 
 
 def test_numpy_batch_size_runs(rng):
-    from conftest import make_tokens
+    from _helpers import make_tokens
 
     tokens = make_tokens(rng, n=5)
     out = LNAMDTransformer(device="cpu", batch_size=np.int64(2)).fit_transform(tokens)

@@ -174,7 +174,7 @@ def test_the_estimator_is_valid_on_exchangeable_parts_and_catches_a_wrong_quanti
     """Many seeded pools of exchangeable good parts: false alarms within the binomial bound at alpha;
     the next order statistic down (an off-by-one quantile) goes over it."""
     rng = np.random.default_rng(3)
-    alpha, n_pool, n_splits = 0.2, 9, 600
+    alpha, n_pool, n_splits = 0.2, 9, 400
     base = rng.normal(size=(1, 1, 3, 3, 8)) * 2.0
     hits = wrong = 0
     for seed in range(n_splits):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import _reference as ref
-from conftest import assert_similarity_table, make_tokens, unit_features
+from _helpers import assert_similarity_table, make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, _msm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -30,25 +30,38 @@ def test_docs_build_without_warnings(tmp_path):
 
 
 def test_readme_layout_matches_the_tree():
-    """README's "Project layout" names every module of the package and top folder, and nothing that is gone."""
+    """README's "Project layout" names every module of the package (subpackages too) and top folder.
+
+    And nothing that is gone.
+    """
     import re
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.rst").read_text(encoding="utf-8")
     block = text.split("Project layout\n==============\n", 1)[1]
-    named = set()
+    named, folders, stack = set(), set(), []  # stack: (indent, folder) of the folders a line lies in
     for line in block.splitlines():
-        if not line.startswith("    "):
+        if not line.startswith("    ") or not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent > 24:  # a description's second line
             continue
         entry = line.strip().split("  ")[0]  # the path column, before the description
-        named.update(name.strip() for name in entry.split(",") if name.strip())
-    folders = {n.rstrip("/") for n in named if n.endswith("/")}
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        prefix = "".join(f"{folder}/" for _, folder in stack)
+        for name in (n.strip() for n in entry.split(",") if n.strip()):
+            named.add(prefix + name)
+            if name.endswith("/"):
+                folders.add(prefix + name.rstrip("/"))
+                stack.append((indent, name.rstrip("/")))
     files = {n for n in named if n.endswith(".py")}
-    package = root / "sklearn_musc"
-    shipped = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    shipped |= {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    listed = files | {f for f in folders if (package / f).is_dir()}
-    assert shipped == listed, f"modules not in the layout: {shipped - listed}; named but absent: {listed - shipped}"
+    shipped = {p.relative_to(root).as_posix() for p in (root / "sklearn_musc").rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    packages = {p.parent.relative_to(root).as_posix() for p in (root / "sklearn_musc").rglob("__init__.py")}
+    listed_packages = {f for f in folders if f.startswith("sklearn_musc")}
+    assert shipped == files, f"modules not in the layout: {shipped - files}; named but absent: {files - shipped}"
+    assert packages == listed_packages, f"packages: {packages ^ listed_packages}"
     top = {"sklearn_musc", "tests", "docs", "examples", "benchmarks", "studies", "reproduction", "tools"}
     assert top <= folders and all((root / f).is_dir() for f in top)
-    assert all(re.fullmatch(r"[\w.]+", n) for n in files)
+    assert all(re.fullmatch(r"[\w./]+", n) for n in files)

@@ -5,12 +5,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import (
     LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, maps_to_original,
     masks_to_input,
 )
-from sklearn_musc.preprocessing import preprocess
+from sklearn_musc.geometry import preprocess
 from sklearn_musc.datasets import load_masks, load_mvtec, make_synthetic_defects
 
 WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"

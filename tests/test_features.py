@@ -13,11 +13,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import LNAMDTransformer, PatchTokens
 from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
-from sklearn_musc.preprocessing import load_image, preprocess
-from sklearn_musc.features import ViTPatchTransformer, default_layers, maps_to_original
+from sklearn_musc.images import load_image
+from sklearn_musc.geometry import maps_to_original, preprocess
+from sklearn_musc.features import ViTPatchTransformer, default_layers
 
 TIMM = "timm:vit_small_patch14_dinov2"
 TIMM_REG = "timm:vit_small_patch14_reg4_dinov2"

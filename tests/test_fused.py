@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import _reference as ref
-from conftest import assert_similarity_table, load_script, make_tokens, unit_features
+from _helpers import assert_similarity_table, load_script, make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, _msm, _msm_fused
 
 triton = pytest.importorskip("triton", reason="the fused kernel is written in Triton")

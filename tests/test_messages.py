@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import LNAMDTransformer, ViTPatchTransformer
 
 WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"

@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 
 import _reference as ref
-from conftest import SHARED, make_tokens
+from _helpers import SHARED, make_tokens
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer
 
 

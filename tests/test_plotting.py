@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sklearn_musc._colormap import jet_table
 from sklearn_musc.plotting import (
-    _jet_lut,
     anomaly_map_rgb,
     normalization_bounds,
     overlay_anomaly_map,
@@ -163,7 +163,7 @@ def test_rgb_errors(kwargs, match):
 
 
 def test_builtin_jet_matches_matplotlib():
-    np.testing.assert_allclose(_jet_lut(256), JET(np.linspace(0, 1, 256))[:, :3], atol=1e-6)
+    np.testing.assert_allclose(jet_table(256), JET(np.linspace(0, 1, 256))[:, :3], atol=1e-6)
 
 
 def test_without_matplotlib(monkeypatch):

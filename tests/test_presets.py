@@ -8,8 +8,10 @@ from sklearn.pipeline import Pipeline
 
 from sklearn_musc import (LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer,
                           available_presets, cli, make_musc_pipeline)
+from sklearn_musc.cli import options as cli_options
+from sklearn_musc.cli.demo import DEMO_BACKBONE
 from sklearn_musc.presets import PRESETS, pretrained_from_options
-from conftest import load_script
+from _helpers import load_script
 
 STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm", MutualScoringDetector),
               ("rscin", RsCINRescorer)]
@@ -121,7 +123,7 @@ def test_cli_pipeline_is_the_default_preset_with_its_options():
     """The values the CLI gave each estimator before the presets, written out."""
     args = cli.build_parser().parse_args(["score", "d", "--out", "o", "--device", "cpu", "--batch-size", "4",
                                           "--no-progress"])
-    pipe = cli.build_pipeline(args, cli._pretrained(args), novelty=True)
+    pipe = cli_options.build_pipeline(args, cli_options.pretrained(args), novelty=True)
     expected = {
         "vit": dict(backbone="open_clip:ViT-L-14-336", pretrained=True, image_size=518, layers=None,
                     device="cpu", batch_size=4, progress=False, random_state=0),
@@ -133,7 +135,8 @@ def test_cli_pipeline_is_the_default_preset_with_its_options():
     for step, values in expected.items():
         assert {k: pipe[step].get_params()[k] for k in values} == values, step
     demo = cli.build_parser().parse_args(["demo"])
-    assert cli.build_pipeline(demo, cli._pretrained(demo))["vit"].get_params()["backbone"] == cli.DEMO_BACKBONE
+    demo_pipe = cli_options.build_pipeline(demo, cli_options.pretrained(demo))
+    assert demo_pipe["vit"].get_params()["backbone"] == DEMO_BACKBONE
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sklearn_musc.datasets import save_synthetic_defects
-from conftest import load_script
+from _helpers import load_script
 
 COLUMNS = ["category", "image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap",
            "pro", "image_auroc_msm"]

@@ -7,9 +7,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 
 import _reference as ref
-from conftest import make_tokens
+from _helpers import make_tokens
 from sklearn_musc import ImageScores, LNAMDTransformer, MutualScoringDetector, RsCINRescorer
-from sklearn_musc._threshold import auto_threshold
+from sklearn_musc.thresholds import auto_threshold
 
 
 @pytest.mark.parametrize("k_list", [(1, 2, 3), (1, 8, 9), (1, 7), (4,)])

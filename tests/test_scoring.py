@@ -8,10 +8,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 
 import _reference as ref
-from conftest import make_tokens
+from _helpers import make_tokens
 import torch
 from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, _msm
-from sklearn_musc._threshold import auto_threshold
+from sklearn_musc.thresholds import auto_threshold
 
 
 def features_of(tokens, r_list=(1, 3, 5)):
@@ -427,7 +427,7 @@ def test_repeat_ratio_ranks_a_repeated_defect_above_normal_images(rng):
 @pytest.fixture(scope="module")
 def repeated_spot_batches():
     """DINOv2 ViT-S/14 (shared weights) at 224: 30 textures, one spot copied to the same place of 3 or 9."""
-    from conftest import SHARED
+    from _helpers import SHARED
     from sklearn_musc import ViTPatchTransformer
     from sklearn_musc.datasets import make_synthetic_defects
 

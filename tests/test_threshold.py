@@ -5,13 +5,13 @@ import pytest
 from scipy.stats import gumbel_r
 from sklearn.mixture import GaussianMixture
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import (
     LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer, masks_to_input,
 )
-from sklearn_musc._threshold import (
-    _BIC_MARGIN, _N_SIGMA, auto_threshold, defect_masks, threshold_scores,
-)
+from sklearn_musc.thresholds import auto_threshold, defect_masks, threshold_scores
+
+_N_SIGMA, _BIC_MARGIN = 4.5, 10.0  # auto_threshold's defaults
 
 
 def slow_auto(scores):

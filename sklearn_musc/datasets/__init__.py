@@ -16,7 +16,7 @@ Masks
 The readers return mask *paths*; :func:`load_masks` reads them as one binary
 ``(n_images, H, W)`` uint8 array (0 = normal, 1 = anomalous), resized with
 nearest-neighbour interpolation. Normal images get all-zero masks of their
-image's size. Images and masks are read by :mod:`sklearn_musc.preprocessing`,
+image's size. Images and masks are read by :mod:`sklearn_musc.images`,
 as the model reads images (an EXIF orientation is applied to both).
 
 Supported layouts
@@ -34,7 +34,6 @@ objects with scratches, spots and missing parts) for demos and tests, and
 :func:`save_synthetic_defects` writes one in the MVTec AD layout.
 """
 
-from ..preprocessing import IMAGE_SUFFIXES
 from ._masks import load_masks
 from ._readers import list_categories, load_btad, load_mvtec, load_visa
 from ._synthetic import make_synthetic_defects, save_synthetic_defects
@@ -48,5 +47,3 @@ __all__ = [
     "make_synthetic_defects",
     "save_synthetic_defects",
 ]
-
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list for the loaders and the command line

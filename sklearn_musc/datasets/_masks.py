@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_size
-from ..preprocessing import read_image_size, read_mask, resize_mask
+from ..images import read_image_size, read_mask
+from ..geometry import resize_mask
 
 
 def _image_size(bunch, i):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from ..preprocessing import IMAGE_SUFFIXES, read_rgb
+from ..images import IMAGE_SUFFIXES, read_rgb
 
 _LAYOUTS = {
     "mvtec": "ROOT/<category>/test/<defect>/NNN.png (MVTec AD)",
@@ -187,7 +187,7 @@ def load_mvtec(root, category, return_images=False):
     return_images : bool, default=False
         Also read the images, as a list of (H, W, 3) uint8 RGB arrays,
         decoded as the model decodes them
-        (:func:`~sklearn_musc.preprocessing.read_rgb`: upright by their EXIF
+        (:func:`~sklearn_musc.images.read_rgb`: upright by their EXIF
         orientation, 16-bit images rounded to 8 bits).
 
     Returns
@@ -265,7 +265,7 @@ def load_visa(root, category, split_csv=None, return_images=False):
     return_images : bool, default=False
         Also read the images, as a list of (H, W, 3) uint8 RGB arrays,
         decoded as the model decodes them
-        (:func:`~sklearn_musc.preprocessing.read_rgb`: upright by their EXIF
+        (:func:`~sklearn_musc.images.read_rgb`: upright by their EXIF
         orientation, 16-bit images rounded to 8 bits).
 
     Returns
@@ -412,7 +412,7 @@ def load_btad(root, category, return_images=False):
     return_images : bool, default=False
         Also read the images, as a list of (H, W, 3) uint8 RGB arrays,
         decoded as the model decodes them
-        (:func:`~sklearn_musc.preprocessing.read_rgb`: upright by their EXIF
+        (:func:`~sklearn_musc.images.read_rgb`: upright by their EXIF
         orientation, 16-bit images rounded to 8 bits).
 
     Returns

@@ -5,17 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from sklearn_musc.preprocessing import (
-    as_image_list,
+from sklearn_musc.geometry import (
     crop_box,
-    load_image,
     maps_to_original,
     masks_to_input,
     masks_to_original,
     preprocess,
-    read_image_size,
     resize_crop_geometry,
 )
+from sklearn_musc.images import as_image_list, load_image, read_image_size
 from sklearn_musc.datasets import load_masks, load_mvtec
 from sklearn_musc.plotting import anomaly_map_rgb
 
@@ -387,6 +385,6 @@ def test_one_size_rule_for_model_inputs_and_masks():
 
 def test_shared_path_helper_is_beside_repo():
     # The tests locate ../shared relative to the repository, never inside it.
-    from conftest import SHARED
+    from _helpers import SHARED
 
     assert SHARED == Path(__file__).resolve().parents[1].parent / "shared"

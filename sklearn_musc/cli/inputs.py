@@ -4,7 +4,7 @@ Everything here runs before any model does, so that a bad folder or an
 unreadable file is reported at once:
 
 * :func:`collect_images` walks a folder for image files (the library's
-  :data:`~sklearn_musc.preprocessing.IMAGE_SUFFIXES`), skipping hidden files and
+  :data:`~sklearn_musc.images.IMAGE_SUFFIXES`), skipping hidden files and
   folders (``.ipynb_checkpoints/``, macOS ``._x.png`` sidecars, ...), the
   output folder and any folder that holds an earlier run's outputs.
 * :func:`check_readable` opens every file cheaply (header, PIL ``verify``, a
@@ -23,18 +23,15 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .preprocessing import IMAGE_SUFFIXES, _upright
+from ..images import IMAGE_SUFFIXES, upright
+from .errors import InputError
 
-__all__ = ["InputError", "RUN_MANIFEST", "collect_images", "check_readable", "display_name",
+__all__ = ["RUN_MANIFEST", "collect_images", "check_readable", "display_name",
            "Unreadable"]
 
 #: A hidden file in every output folder, listing the files the run wrote. A
 #: folder holding it is never read as input.
 RUN_MANIFEST = ".sklearn-musc-run.json"
-
-
-class InputError(Exception):
-    """Bad usage or input (options, folders, images): exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +139,7 @@ def _why_unreadable(path):
                 if fmt == "JPEG":
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-                _upright(image, path)
+                upright(image, path)
     except PermissionError:
         return "permission denied"
     except Image.DecompressionBombError as exc:

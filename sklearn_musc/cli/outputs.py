@@ -1,7 +1,7 @@
 """Writing the outputs of a scoring run from a plain results object.
 
-Any scoring path (the batch ``score`` command today, a saved novelty model
-later) builds a :class:`ScoreResults` and hands it to :class:`OutputFolder`,
+Every scoring path (the batch ``score`` command, ``score --model`` with a
+saved novelty model) builds a :class:`ScoreResults` and hands it to :class:`OutputFolder`,
 which writes the same files for all of them::
 
     OUT/scores.csv               path, score, label, msm_score (one row per image)
@@ -38,8 +38,11 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ._inputs import RUN_MANIFEST, InputError
-from .preprocessing import as_rgb8, load_image, masks_to_original, paste_to_original
+from .._colormap import jet_palette, unit_scale
+from ..geometry import masks_to_original, paste_to_original
+from ..images import as_rgb8, load_image
+from .errors import InputError
+from .inputs import RUN_MANIFEST
 
 __all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
 
@@ -145,37 +148,19 @@ def output_names(names):
 # --------------------------------------------------------------------------- overlays
 
 
-def _jet_palette():
-    from .plotting import _lut
-
-    lut = np.clip(np.rint(_lut("jet", 256) * 255.0), 0, 255).astype(np.uint8)
-    return lut.reshape(-1).tolist()
-
-
-def _scale_index(values, vmin, vmax):
-    """Map values to colour indices 0..255 by (vmin, vmax), clipped."""
-    if vmax > vmin:
-        t = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
-    else:
-        t = (values > vmin).astype(np.float32)
-    return np.rint(t * 255.0).astype(np.uint8)
-
-
-def mask_to_original(mask, original_size, input_size):
-    """A binary mask (input size, or already original size) as an L image (0/255) at original size."""
+def _mask_png(mask, original_size, input_size):
+    """A mask of the run (at the input size, or already at the image's) as the L image (0/255) it is saved as."""
     mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"a mask must be 2-D, got shape {mask.shape}")
-    small = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
     if mask.shape == tuple(original_size):
-        return small
-    if mask.shape != tuple(input_size):
+        full = mask > 0
+    elif mask.shape == tuple(input_size):
+        full = masks_to_original([mask], [original_size], input_size)[0]
+    else:
         raise ValueError(
             f"a mask must have the input size {tuple(input_size)} or the image's size "
             f"{tuple(original_size)}, got {mask.shape}"
         )
-    full = masks_to_original([mask], [original_size], input_size)[0]
-    return Image.fromarray(np.where(full, 255, 0).astype(np.uint8))
+    return Image.fromarray(full.astype(np.uint8) * 255)
 
 
 def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=0.5,
@@ -194,7 +179,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     Parameters
     ----------
     image : PIL.Image.Image (RGB) or ndarray (H, W, 3) float in [0, 1]
-        The image, as :func:`~sklearn_musc.preprocessing.load_image` returns it.
+        The image, as :func:`~sklearn_musc.images.load_image` returns it.
     anomaly_map : ndarray of shape input_size
     input_size : (int, int)
     vmin, vmax : float
@@ -208,9 +193,10 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     """
     base = as_rgb8(image)
     size = (base.height, base.width)
-    index = _scale_index(np.asarray(anomaly_map, dtype=np.float32), vmin, vmax)
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    index = np.rint(unit_scale(values, vmin, vmax) * 255.0).astype(np.uint8)  # colour indices 0..255
     full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
-    full.putpalette(palette or _jet_palette())  # L -> P: the index image, coloured on conversion
+    full.putpalette(palette or jet_palette())  # L -> P: the index image, coloured on conversion
     out = Image.new("RGB", (size[1], size[0]))
     for y in range(0, size[0], _BAND_ROWS):
         box = (0, y, size[1], min(size[0], y + _BAND_ROWS))
@@ -220,7 +206,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     del full
     if mask is not None:
         if not isinstance(mask, Image.Image):
-            mask = mask_to_original(mask, size, input_size)
+            mask = _mask_png(mask, size, input_size)
         eroded = mask.filter(ImageFilter.MinFilter(3))
         outline = ImageChops.subtract(mask, eroded)
         out.paste((255, 255, 255), (0, 0), outline)
@@ -236,7 +222,7 @@ def _versions():
     import sklearn
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     versions = {"sklearn_musc": __version__, "python": platform.python_version(),
                 "numpy": np.__version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
@@ -343,7 +329,7 @@ class OutputFolder:
                                                       results.detector_scores, results.original_sizes)]
         maps_ = results.anomaly_maps
         vmin, vmax = (float(maps_.min()), float(maps_.max())) if maps_.size else (0.0, 0.0)
-        palette = _jet_palette()
+        palette = jet_palette()
         if maps:
             for i, name in enumerate(names):
                 rel = f"maps/{name}.npy"
@@ -357,8 +343,7 @@ class OutputFolder:
             for i, name in enumerate(names):
                 mask = None
                 if results.masks is not None:
-                    mask = mask_to_original(results.masks[i], results.original_sizes[i],
-                                            results.input_size)
+                    mask = _mask_png(results.masks[i], results.original_sizes[i], results.input_size)
                     rel = f"masks/{name}.png"
                     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
                     mask.save(stage / rel, format="PNG")
@@ -394,7 +379,7 @@ class OutputFolder:
             "skipped": [{"path": a, "reason": b} for a, b in results.skipped],
         }
         if report:
-            from ._report import render_report
+            from .report import render_report
 
             (stage / "report.html").write_text(render_report(summary), encoding="utf-8")
             files.append("report.html")

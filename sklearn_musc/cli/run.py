@@ -1,0 +1,283 @@
+"""The command line's runs: loading the backbone, scoring a batch, fitting and scoring with a saved model.
+
+* :func:`load_backbone` builds the ViT step; without network it reads the
+  hub's cache only (one quick probe) and fails at once with
+  :class:`~sklearn_musc.cli.errors.WeightsUnavailable`.
+* :func:`compute` (a batch whose images score each other) and
+  :func:`compute_new` (new images against a saved model's pool) run the
+  pipeline, one stage line on stderr per step, into a
+  :class:`~sklearn_musc.cli.outputs.ScoreResults`;
+  :class:`~sklearn_musc.cli.outputs.OutputFolder` writes it.
+* :func:`run_score`, :func:`run_fit` and :func:`run_score_model` are the
+  commands: check, compute (inside :func:`~sklearn_musc.cli.errors.running`,
+  so that a library error there is a failure, exit 3), write.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from .._device import resolve_device
+from ..images import ImageFiles
+from .errors import InputError, WeightsUnavailable, one_line, running
+from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
+from .outputs import OutputFolder, ScoreResults
+
+
+def stage(text):
+    """One stage line on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _hub_reachable(host="huggingface.co", timeout=5.0):
+    def connect():
+        socket.create_connection((host, 443), timeout=timeout).close()
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(connect).result(timeout=timeout)
+            return True
+        except (OSError, FutureTimeout):
+            return False
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable():
+    """Without network, read the hub's cache only: fail at once instead of retrying for a minute."""
+    import huggingface_hub.constants as hub
+
+    previous = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = previous or not _hub_reachable()
+    try:
+        yield hub.HF_HUB_OFFLINE
+    finally:
+        hub.HF_HUB_OFFLINE = previous
+
+
+def load_backbone(vit):
+    """Fit (build) the ViT step; weights that cannot be had offline raise WeightsUnavailable."""
+    if vit.pretrained is None or _looks_like_file(vit.pretrained):
+        return vit.fit()
+    with _offline_unless_reachable() as offline:
+        try:
+            return vit.fit()
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:
+            where = ("huggingface.co cannot be reached and they are not in the local cache" if offline
+                     else f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            raise WeightsUnavailable(
+                f"cannot load the pretrained weights of {vit.backbone}: {where}; give a local weights "
+                "file with --weights FILE (or --pretrained none for random weights)") from exc
+
+
+def _looks_like_file(pretrained):
+    return isinstance(pretrained, (str, Path)) and (Path(pretrained).suffix or "/" in str(pretrained))
+
+
+def _timed_stage(timings, key, line, fn, *args):
+    """One stage: its line on stderr, ``fn(*args)`` timed into ``timings[key]``."""
+    stage(line)
+    start = time.perf_counter()
+    out = fn(*args)
+    timings[key] = time.perf_counter() - start
+    return out
+
+
+def compute(pipe, paths, names, *, skipped=(), settings=None):
+    """Run the fitted-backbone pipeline over the batch; a ScoreResults."""
+    vit, lnamd, msm, rscin = (pipe[k] for k in ("vit", "lnamd", "msm", "rscin"))
+    timings = {}
+    n = len(paths)
+    start = time.perf_counter()
+    tokens = _timed_stage(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, "
+                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})",
+                          vit.transform, ImageFiles(paths))
+    feats = _timed_stage(timings, "lnamd", f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})",
+                  lnamd.fit_transform, tokens)
+    del tokens
+    image_scores = _timed_stage(timings, "mutual_scoring", f"[4/5] mutual scoring of {n} images "
+                         f"({feats.features.shape[1]} feature sets)", msm.fit_transform, feats)
+    del feats
+    _timed_stage(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
+    timings["scoring_total"] = time.perf_counter() - start
+    return ScoreResults(
+        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
+        detector_scores=msm.anomaly_scores_, threshold=rscin.threshold_,
+        anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
+        input_size=vit.input_size_, masks=rscin.anomaly_masks_, settings=dict(settings or {}), timings=timings,
+        skipped=skipped,
+    )
+
+
+def _settings(args, pipe):
+    vit = pipe["vit"]
+    return {
+        "backbone": vit.backbone_, "pretrained": None if args.weights is not None else pretrained(args),
+        "weights": str(args.weights) if args.weights is not None else None,
+        "image_size": list(vit.input_size_), "layers": list(vit.layers_),
+        "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
+        "contamination": args.contamination, "max_subset_size": args.max_subset_size,
+        "device": str(vit.device_), "batch_size": args.batch_size,
+    }
+
+
+def print_summary(results, seconds, contamination="auto", stream=None):
+    stream = stream or sys.stdout
+    n, flagged = len(results.names), results.n_anomalous
+    print(f"scored {n} images in {seconds:.1f} s: {flagged} anomalous, {n - flagged} normal "
+          f"(threshold {results.threshold:.3f})", file=stream)
+    if contamination == "auto":
+        print("  (contamination 'auto' finds a defective cluster only when it stands apart from the "
+              "normal images; if defects are common and few are flagged, give their expected share "
+              "with --contamination)", file=stream)
+    if results.skipped:
+        print(f"  {len(results.skipped)} unreadable image(s) skipped (listed in summary.json)", file=stream)
+    order = np.argsort(-results.scores, kind="stable")
+    print("most anomalous:", file=stream)
+    for i in order[: min(5, n)]:
+        verdict = "anomalous" if results.labels[i] == -1 else "normal"
+        print(f"  {results.scores[i]:.3f}  {verdict:9s}  {results.names[i]}", file=stream)
+
+
+def _load_checked_backbone(args, pipe):
+    stage(f"[1/5] loading the backbone {args.backbone}")
+    vit = load_backbone(pipe["vit"])
+    r_max, grid = max(option(args, "r_list")), vit.grid_size_
+    if r_max > 2 * min(grid) - 1:
+        raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
+                         f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
+    return vit
+
+
+def run_score(args, directory, pretrained):
+    """Check everything, compute, write; returns the ScoreResults."""
+    t0 = time.perf_counter()
+    check_options(args)
+    folder = OutputFolder(args.out, overwrite=args.overwrite)
+    folder.check()
+    paths, names, skipped = collect_inputs(args, directory)
+    pipe = build_pipeline(args, pretrained)
+    t = time.perf_counter()
+    _load_checked_backbone(args, pipe)
+    load_seconds = time.perf_counter() - t
+    with running():
+        results = compute(pipe, paths, names, skipped=skipped, settings=_settings(args, pipe))
+    results.timings = {"checks": t - t0, "load_backbone": load_seconds, **results.timings}
+    print_summary(results, results.timings["scoring_total"], args.contamination)
+    t = time.perf_counter()
+    files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
+    print(f"wrote {len(files)} files to {folder.path}/ (scores.csv, summary.json, report.html"
+          f"{', overlays/' if not args.no_overlays else ''}, maps/"
+          f"{', masks/' if results.masks is not None else ''}) in {time.perf_counter() - t:.1f} s")
+    return results
+
+
+def run_fit(args):
+    """``fit``: a novelty model from reference images, saved with joblib (atomically)."""
+    check_options(args)
+    model = Path(args.model)
+    if model.is_dir():
+        raise InputError(f"--model {model} is a folder; give a file name such as {model / 'model.joblib'}")
+    if model.exists() and not args.overwrite:
+        raise InputError(f"--model {model} exists; pass --overwrite to replace it")
+    if not model.parent.is_dir():
+        raise InputError(f"--model {model}: the folder {model.parent} does not exist")
+    paths, names, skipped = collect_inputs(args, args.references)
+    pipe = build_pipeline(args, pretrained(args), novelty=True)
+    _load_checked_backbone(args, pipe)
+    with running():
+        results = compute(pipe, paths, names, skipped=skipped)
+        tmp = model.with_name(f".{model.name}.partial")
+        try:
+            joblib.dump(pipe, tmp)
+            os.replace(tmp, model)  # a model file is complete or absent
+        finally:
+            tmp.unlink(missing_ok=True)
+    msm = pipe["msm"]
+    print(f"fitted a pool of {len(paths)} images in {results.timings['scoring_total']:.1f} s: "
+          f"{msm.pool_.features.shape[1]} feature sets, {msm.pool_.features.nbytes / 2**20:.0f} MiB of pool "
+          f"features ({msm.pool_.features.dtype}); threshold {results.threshold:.4f}")
+    if results.n_anomalous:
+        print(f"  {results.n_anomalous} reference image(s) score above the threshold themselves: check that "
+              "the references are good parts", file=sys.stderr)
+    print(f"wrote {model} ({model.stat().st_size / 2**20:.0f} MiB)")
+    return pipe
+
+
+def load_model(path):
+    """A pipeline saved by ``fit``; InputError when the file is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--model {path} does not exist; make one with: sklearn-musc fit REFS --model {path}")
+    try:
+        pipe = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise InputError(f"--model {path} cannot be read ({type(exc).__name__}: {one_line(exc)})") from None
+    ok = (isinstance(pipe, Pipeline) and [name for name, _ in pipe.steps] == MODEL_STEPS
+          and pipe["msm"].novelty and pipe["rscin"].novelty)
+    if not ok:
+        raise InputError(f"--model {path} is not a model saved by 'sklearn-musc fit'")
+    return pipe
+
+
+def compute_new(pipe, paths, names, *, skipped=(), settings=None):
+    """Score new images against a saved model's pool; a ScoreResults like :func:`compute`'s."""
+    vit, lnamd, msm, rscin = (pipe[k] for k in MODEL_STEPS)
+    timings = {}
+    start = time.perf_counter()
+    tokens = _timed_stage(timings, "vit", f"[2/4] ViT patch tokens of {len(paths)} images ({vit.backbone_}, "
+                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px)", vit.transform, ImageFiles(paths))
+    new = _timed_stage(timings, "scoring",
+                       f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images",
+                       lambda: msm.transform(lnamd.fit_transform(tokens)))  # LNAMD's fit only checks the shapes
+    scores = -_timed_stage(timings, "rscin", "[4/4] RsCIN re-scoring against the pool", rscin.score_samples, new)
+    timings["scoring_total"] = time.perf_counter() - start
+    return ScoreResults(
+        paths=paths, names=names, scores=scores, labels=rscin.predict(new),
+        detector_scores=new.scores, threshold=rscin.threshold_, anomaly_maps=new.anomaly_maps,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=rscin.predict_masks(new),
+        settings=dict(settings or {}), timings=timings, skipped=skipped,
+    )
+
+
+def run_score_model(args):
+    """``score --model``: new images (folders or files) against a saved model's pool."""
+    t0 = time.perf_counter()
+    given = [o for o in MODEL_OPTIONS if getattr(args, o) != args.model_defaults[o]]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} cannot be combined with --model: the model "
+                         "fixes it (fit a new model to change it)")
+    check_options(args)
+    if not Path(args.model).is_file():
+        raise InputError(f"--model {args.model} does not exist; make one with: sklearn-musc fit REFS "
+                         f"--model {args.model}")
+    folder = OutputFolder(args.out, overwrite=args.overwrite)
+    folder.check()
+    paths, names, skipped = collect_inputs(args, args.targets, minimum=1)
+    stage(f"[1/4] loading the model {args.model}")
+    pipe = load_model(args.model)
+    device = resolve_device(args.device)
+    pipe.set_params(vit__device=str(device), vit__batch_size=args.batch_size,
+                    vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device))
+    settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
+                "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
+                "device": str(device)}
+    with running():
+        results = compute_new(pipe, paths, names, skipped=skipped, settings=settings)
+    results.timings = {"checks_and_load": time.perf_counter() - t0 - results.timings["scoring_total"],
+                       **results.timings}
+    print_summary(results, results.timings["scoring_total"], "model")
+    t = time.perf_counter()
+    files = folder.write(results, overlays=not args.no_overlays, command=getattr(args, "argv", None))
+    print(f"wrote {len(files)} files to {folder.path}/ in {time.perf_counter() - t:.1f} s")
+    return results
