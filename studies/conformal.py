@@ -455,6 +455,9 @@ def exact(alpha=0.1, seeds=5):
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "validity"
+    if cmd in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
     if cmd == "table":
         for c in sys.argv[2:] or categories():
             print(c, table(c).shape, flush=True)
