@@ -8,7 +8,7 @@ from .. import __version__
 from .demo import DEMO_BACKBONE, run_demo
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, RunFailed, WeightsUnavailable
 from .errors import one_line
-from .options import MODEL_OPTIONS, PRESET, add_model_options, pretrained
+from .options import MODEL_OPTIONS, PRESET, add_model_options, level, pretrained
 from .run import run_fit, run_score, run_score_model
 
 EPILOG = """\
@@ -50,6 +50,16 @@ def build_parser():
     score.add_argument("--skip-unreadable", action="store_true",
                        help="leave out images that cannot be read (listed on stderr and in summary.json) "
                             "instead of stopping")
+    decide = score.add_argument_group("decisions against known-good parts (README: Decisions you can trust)")
+    decide.add_argument("--references", metavar="REFS", nargs="+", default=None,
+                        help="without --model: known-good images that join the batch's scorers and calibrate "
+                             "it (a p-value per image in scores.csv)")
+    decide.add_argument("--fdr", type=level("fdr"), default=None,
+                        help="with --references: label the batch by Benjamini-Hochberg at this false-discovery "
+                             "level (expected share of good parts among the flagged ones)")
+    decide.add_argument("--drift-level", type=level("drift level"), default=0.01,
+                        help="with --model: false-alarm level of the drift alarm over the new images, in name "
+                             "order (default %(default)s)")
     add_model_options(score, backbone=PRESET["vit__backbone"], image_size=PRESET["vit__image_size"])
     score.set_defaults(model_defaults={o: score.get_default(o) for o in MODEL_OPTIONS})
     fit = sub.add_parser(
@@ -65,6 +75,10 @@ def build_parser():
     fit.add_argument("--features-dtype", choices=["float32", "float16"], default="float32",
                      help="storage of the pool's features: float16 halves the model file "
                           "(scores move by about 2e-5)")
+    fit.add_argument("--alpha", type=level("alpha"), default=None,
+                     help="label new images at this false-alarm rate, calibrated on the references (which "
+                          "must be good parts): a good part is flagged with probability at most ALPHA; "
+                          "needs at least 1/ALPHA - 1 references")
     fit.add_argument("--out", default=None, help=argparse.SUPPRESS)
     add_model_options(fit, backbone=PRESET["vit__backbone"], image_size=PRESET["vit__image_size"])
     demo = sub.add_parser("demo", help="generate a small synthetic batch with defects and score it",
@@ -87,11 +101,17 @@ def main(argv=None):
         elif args.command == "fit":
             run_fit(args)
         elif args.model is not None:
+            if args.references is not None or args.fdr is not None:
+                raise InputError("--references and --fdr calibrate a batch scored without --model; a model's "
+                                 "pool is its calibration (fit it with --alpha)")
             run_score_model(args)
         else:
             if len(args.targets) != 1 or Path(args.targets[0]).is_file():
                 raise InputError("without --model, score takes one folder: its images score each other "
                                  "(to score single files, fit a model first: sklearn-musc fit REFS --model FILE)")
+            if args.fdr is not None and args.references is None:
+                raise InputError("--fdr calibrates the batch against known-good parts: give them with "
+                                 "--references REFS")
             run_score(args, args.targets[0], pretrained(args))
         return EXIT_OK
     except KeyboardInterrupt:

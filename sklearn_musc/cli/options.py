@@ -13,6 +13,7 @@ from pathlib import Path
 from .._backbones import check_weights_file, resolve_backbone
 from .._device import resolve_device
 from .._validation import check_contamination, check_int_list, check_size
+from ..conformal import check_level
 from ..images import IMAGE_SUFFIXES
 from ..presets import PRESETS, STEPS, available_presets, make_musc_pipeline, pretrained_from_options
 from .errors import InputError
@@ -46,6 +47,18 @@ def _contamination(text):
         return check_contamination(text if text == "auto" else float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a share in (0, 0.5], got {text!r}") from None
+
+
+def level(name):
+    """An option's type for a level in (0, 1) (``--alpha``, ``--fdr``, ``--drift-level``): the library's rule."""
+
+    def parse(text):
+        try:
+            return check_level(float(text), name)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+
+    return parse
 
 
 def add_common_options(parser):
@@ -97,6 +110,7 @@ def build_pipeline(args, pretrained, novelty=False):
         lnamd__dtype=getattr(args, "features_dtype", "float32"),
         msm__contamination=args.contamination, msm__device=args.device,
         msm__max_subset_size=args.max_subset_size, msm__novelty=novelty,
+        msm__alpha=getattr(args, "alpha", None), msm__fdr=getattr(args, "fdr", None),
         rscin__k_list=tuple(option(args, "k_list")), rscin__contamination=args.contamination, rscin__novelty=novelty,
     )
 

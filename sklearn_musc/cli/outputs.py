@@ -87,6 +87,15 @@ class ScoreResults:
         Seconds per stage, recorded in ``summary.json``.
     skipped : sequence of (str, str)
         (name, reason) of the images left out as unreadable.
+    pvalues : ndarray of shape (n,), optional
+        Conformal p-values against known-good parts (a calibrated model, or
+        a batch scored with references): the ``pvalue`` column.
+    decision : dict, optional
+        How the labels were decided (rule, level, calibration size), in
+        ``summary.json`` and the report.
+    drift : dict, optional
+        The drift alarm over the new images in name order
+        (:meth:`~sklearn_musc.DriftMonitor.summary`).
     """
 
     paths: Sequence
@@ -102,6 +111,9 @@ class ScoreResults:
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     skipped: Sequence[Tuple[str, str]] = ()
+    pvalues: Optional[np.ndarray] = None
+    decision: Optional[dict] = None
+    drift: Optional[dict] = None
 
     def __post_init__(self):
         n = len(self.paths)
@@ -123,6 +135,10 @@ class ScoreResults:
                 f"anomaly_maps must have shape (n, {self.input_size[0]}, {self.input_size[1]}) "
                 f"(the input size), got {self.anomaly_maps.shape}"
             )
+        if self.pvalues is not None:
+            self.pvalues = np.asarray(self.pvalues, dtype=np.float64).reshape(-1)
+            if len(self.pvalues) != n:
+                raise ValueError(f"pvalues must hold one p-value per image ({n}), got {len(self.pvalues)}")
         if self.masks is not None and len(self.masks) != n:
             raise ValueError(f"masks must hold one mask per image ({n}), got {len(self.masks)}")
         self.skipped = [(str(a), str(b)) for a, b in self.skipped]
@@ -317,16 +333,20 @@ class OutputFolder:
         n = len(names)
         with open(stage / "scores.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "score", "label", "msm_score"])
-            for name, score, label, raw in zip(names, results.scores, results.labels,
-                                               results.detector_scores):
-                writer.writerow([name, f"{score:.6f}", "anomalous" if label == -1 else "normal",
-                                 f"{raw:.6f}"])
+            pvalues = results.pvalues
+            writer.writerow(["path", "score", "label", "msm_score"] + ([] if pvalues is None else ["pvalue"]))
+            for i, (name, score, label, raw) in enumerate(zip(names, results.scores, results.labels,
+                                                              results.detector_scores)):
+                writer.writerow([name, f"{score:.6f}", "anomalous" if label == -1 else "normal", f"{raw:.6f}"]
+                                + ([] if pvalues is None else [f"{pvalues[i]:.6f}"]))
         per_image = [dict(path=name, score=_finite(s), label="anomalous" if lab == -1 else "normal",
                           msm_score=_finite(r), original_size=list(size), overlay=None, map=None,
                           mask=None)
                      for name, s, lab, r, size in zip(names, results.scores, results.labels,
                                                       results.detector_scores, results.original_sizes)]
+        if pvalues is not None:
+            for entry, p in zip(per_image, pvalues):
+                entry["pvalue"] = _finite(p)
         maps_ = results.anomaly_maps
         vmin, vmax = (float(maps_.min()), float(maps_.max())) if maps_.size else (0.0, 0.0)
         palette = jet_palette()
@@ -378,6 +398,10 @@ class OutputFolder:
             "images": per_image,
             "skipped": [{"path": a, "reason": b} for a, b in results.skipped],
         }
+        if results.decision is not None:
+            summary["decision"] = results.decision
+        if results.drift is not None:
+            summary["drift"] = results.drift
         if report:
             from .report import render_report
 

@@ -79,6 +79,7 @@ def render_report(summary):
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items()
                              if k in ("backbone", "weights", "image_size", "preset", "r_list", "k_list",
                                       "contamination"))
+    with_p = any("pvalue" in r for r in images)
     rows = []
     for rank, r in enumerate(images, 1):
         picture = ""
@@ -92,7 +93,8 @@ def render_report(summary):
             f'<td class="num">{rank}</td><td class="path">{esc(r["path"])}<br>'
             f'<small>{w} x {h} px</small></td><td class="num score">{_fmt(r["score"])}</td>'
             f'<td class="label">{esc(r["label"])}</td><td class="num">{_fmt(r["msm_score"])}</td>'
-            f'<td>{picture}</td></tr>'
+            + (f'<td class="num pvalue">{_fmt(r.get("pvalue"))}</td>' if with_p else "")
+            + f'<td>{picture}</td></tr>'
         )
     skipped = ""
     if summary.get("skipped"):
@@ -102,6 +104,21 @@ def render_report(summary):
                    f'<ul class="skipped">{items}</ul>')
     threshold = summary.get("threshold")
     version = summary.get("versions", {}).get("sklearn_musc", "")
+    decision = ""
+    if summary.get("decision"):
+        d = summary["decision"]
+        decision = f'<p class="meta decision">Labels: {esc(d.get("text", ""))}</p>'
+    drift = ""
+    if summary.get("drift"):
+        d = summary["drift"]
+        if d["alarm"]:
+            drift = (f'<p class="meta drift alarm"><strong>Drift alarm</strong>: the parts stopped being '
+                     f'exchangeable at part {d["alarm_index"] + 1} of {d["parts_seen"]} (in name order; '
+                     f'martingale {d["martingale_max"]:.3g} &ge; {1 / d["level"]:.3g}, false-alarm '
+                     f'level {d["level"]:g}): check the line and the pool.</p>')
+        else:
+            drift = (f'<p class="meta drift">No drift alarm over {d["parts_seen"]} parts (largest martingale '
+                     f'{d["martingale_max"]:.3g} &lt; {1 / d["level"]:.3g}, false-alarm level {d["level"]:g}).</p>')
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>sklearn-musc report</title>"
@@ -109,12 +126,13 @@ def render_report(summary):
         f"<h1>Anomaly scores of {n} images</h1>"
         f'<p class="meta">{flagged} anomalous, {n - flagged} normal; threshold '
         f'{_fmt(threshold)}. Overlays share one colour scale.</p>'
+        f"{decision}{drift}"
         f'<p class="meta">{esc(setting_text)}</p>'
         f'<p class="meta">sklearn-musc {esc(version)}, {esc(str(summary.get("created", "")))}</p>'
         f"{_histogram([r['score'] for r in images], threshold)}"
         f"{skipped}"
         "<table><thead><tr><th>#</th><th>image</th><th>score</th><th>label</th>"
-        "<th>detector score</th><th>overlay</th></tr></thead><tbody>"
+        "<th>detector score</th>" + ("<th>p-value</th>" if with_p else "") + "<th>overlay</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table></body></html>\n"
     )

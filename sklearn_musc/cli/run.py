@@ -27,6 +27,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from .._device import resolve_device
+from ..conformal import min_calibration_size
+from ..monitoring import DriftMonitor
 from ..images import ImageFiles
 from .errors import InputError, WeightsUnavailable, one_line, running
 from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
@@ -93,29 +95,44 @@ def _timed_stage(timings, key, line, fn, *args):
     return out
 
 
-def compute(pipe, paths, names, *, skipped=(), settings=None):
-    """Run the fitted-backbone pipeline over the batch; a ScoreResults."""
+def compute(pipe, paths, names, *, skipped=(), settings=None, references=None):
+    """Run the fitted-backbone pipeline over the batch (with known-good ``references``); a ScoreResults."""
     vit, lnamd, msm, rscin = (pipe[k] for k in ("vit", "lnamd", "msm", "rscin"))
     timings = {}
     n = len(paths)
     start = time.perf_counter()
     tokens = _timed_stage(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, "
-                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})",
+                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})"
+                          + (f" and of {len(references)} references" if references else ""),
                           vit.transform, ImageFiles(paths))
+    ref_tokens = None if not references else vit.transform(ImageFiles(references))
     feats = _timed_stage(timings, "lnamd", f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})",
                   lnamd.fit_transform, tokens)
-    del tokens
+    ref_feats = None if ref_tokens is None else lnamd.fit_transform(ref_tokens)  # LNAMD's fit only checks shapes
+    del tokens, ref_tokens
     image_scores = _timed_stage(timings, "mutual_scoring", f"[4/5] mutual scoring of {n} images "
-                         f"({feats.features.shape[1]} feature sets)", msm.fit_transform, feats)
-    del feats
+                         f"({feats.features.shape[1]} feature sets)", msm.fit_transform, feats, None, ref_feats)
+    del feats, ref_feats
     _timed_stage(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
+    labels, threshold, masks, decision = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_, None
+    pvalues = msm.__dict__.get("pvalues_")
+    if references:
+        decision = dict(rule="contamination", references=len(references),
+                        text=f"RsCIN's rule on its re-scored values; p-values against {len(references)} "
+                             "references in the p-value column (give --fdr to label by them)")
+    if msm.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
+        labels, threshold, masks = msm.labels_, msm.threshold_, msm.anomaly_masks_
+        decision = dict(rule="benjamini-hochberg", fdr=msm.fdr, references=len(references),
+                        text=f"Benjamini-Hochberg at false-discovery level {msm.fdr:g} on the p-values against "
+                             f"{len(references)} known-good references (the detector's decision; the "
+                             "score column still ranks by RsCIN)")
     return ScoreResults(
-        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
-        detector_scores=msm.anomaly_scores_, threshold=rscin.threshold_,
+        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
+        detector_scores=msm.anomaly_scores_, threshold=threshold,
         anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, masks=rscin.anomaly_masks_, settings=dict(settings or {}), timings=timings,
-        skipped=skipped,
+        input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
+        skipped=skipped, pvalues=pvalues, decision=decision,
     )
 
 
@@ -128,6 +145,7 @@ def _settings(args, pipe):
         "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
         "contamination": args.contamination, "max_subset_size": args.max_subset_size,
         "device": str(vit.device_), "batch_size": args.batch_size,
+        "references": None, "fdr": getattr(args, "fdr", None),
     }
 
 
@@ -140,6 +158,16 @@ def print_summary(results, seconds, contamination="auto", stream=None):
         print("  (contamination 'auto' finds a defective cluster only when it stands apart from the "
               "normal images; if defects are common and few are flagged, give their expected share "
               "with --contamination)", file=stream)
+    if results.decision is not None:
+        print(f"  labels: {results.decision['text']}", file=stream)
+    if results.drift is not None:
+        d = results.drift
+        if d["alarm"]:
+            print(f"  DRIFT ALARM at part {d['alarm_index'] + 1} of {d['parts_seen']} "
+                  f"({results.names[d['alarm_index']]}): the new parts stopped being exchangeable "
+                  f"(level {d['level']:g}); check the line and the pool", file=stream)
+        else:
+            print(f"  no drift alarm over {d['parts_seen']} parts (level {d['level']:g})", file=stream)
     if results.skipped:
         print(f"  {len(results.skipped)} unreadable image(s) skipped (listed in summary.json)", file=stream)
     order = np.argsort(-results.scores, kind="stable")
@@ -166,12 +194,24 @@ def run_score(args, directory, pretrained):
     folder = OutputFolder(args.out, overwrite=args.overwrite)
     folder.check()
     paths, names, skipped = collect_inputs(args, directory)
+    references = None
+    if getattr(args, "references", None):
+        references, _, ref_skipped = collect_inputs(args, args.references, minimum=1)
+        if ref_skipped:
+            raise InputError(f"cannot read reference {ref_skipped[0][0]}: {ref_skipped[0][1]} (references are "
+                             "never skipped: fix or remove it)")
+        overlap = set(map(os.path.realpath, references)) & set(map(os.path.realpath, paths))
+        if overlap:
+            raise InputError(f"{sorted(overlap)[0]} is both in the batch and among the --references: a "
+                             "reference cannot calibrate its own score")
     pipe = build_pipeline(args, pretrained)
     t = time.perf_counter()
     _load_checked_backbone(args, pipe)
     load_seconds = time.perf_counter() - t
     with running():
-        results = compute(pipe, paths, names, skipped=skipped, settings=_settings(args, pipe))
+        settings = _settings(args, pipe)
+        settings["references"] = None if references is None else len(references)
+        results = compute(pipe, paths, names, skipped=skipped, settings=settings, references=references)
     results.timings = {"checks": t - t0, "load_backbone": load_seconds, **results.timings}
     print_summary(results, results.timings["scoring_total"], args.contamination)
     t = time.perf_counter()
@@ -193,6 +233,10 @@ def run_fit(args):
     if not model.parent.is_dir():
         raise InputError(f"--model {model}: the folder {model.parent} does not exist")
     paths, names, skipped = collect_inputs(args, args.references)
+    if args.alpha is not None and len(paths) < min_calibration_size(args.alpha):
+        raise InputError(f"--alpha {args.alpha:g} needs at least {min_calibration_size(args.alpha)} references "
+                         f"(a p-value is at least 1 / (references + 1)), found {len(paths)}: raise --alpha or "
+                         "add good parts")
     pipe = build_pipeline(args, pretrained(args), novelty=True)
     _load_checked_backbone(args, pipe)
     with running():
@@ -207,6 +251,9 @@ def run_fit(args):
     print(f"fitted a pool of {len(paths)} images in {results.timings['scoring_total']:.1f} s: "
           f"{msm.pool_.features.shape[1]} feature sets, {msm.pool_.features.nbytes / 2**20:.0f} MiB of pool "
           f"features ({msm.pool_.features.dtype}); threshold {results.threshold:.4f}")
+    if msm.alpha is not None:
+        print(f"  new images are labelled at false-alarm rate {msm.alpha:g}: calibrated on the {len(paths)} "
+              f"references, detector threshold {msm.threshold_:.4f} (p-value <= {msm.alpha:g})")
     if results.n_anomalous:
         print(f"  {results.n_anomalous} reference image(s) score above the threshold themselves: check that "
               "the references are good parts", file=sys.stderr)
@@ -230,7 +277,7 @@ def load_model(path):
     return pipe
 
 
-def compute_new(pipe, paths, names, *, skipped=(), settings=None):
+def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=None):
     """Score new images against a saved model's pool; a ScoreResults like :func:`compute`'s."""
     vit, lnamd, msm, rscin = (pipe[k] for k in MODEL_STEPS)
     timings = {}
@@ -242,11 +289,23 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None):
                        lambda: msm.transform(lnamd.fit_transform(tokens)))  # LNAMD's fit only checks the shapes
     scores = -_timed_stage(timings, "rscin", "[4/4] RsCIN re-scoring against the pool", rscin.score_samples, new)
     timings["scoring_total"] = time.perf_counter() - start
+    labels, threshold, masks = rscin.predict(new), rscin.threshold_, rscin.predict_masks(new)
+    decision = None
+    if msm.alpha is not None:  # a calibrated model: the detector decides (p-value <= alpha), RsCIN still ranks
+        labels, threshold, masks = np.where(new.scores > new.threshold, -1, 1), new.threshold, new.anomaly_masks
+        decision = dict(rule="conformal", alpha=msm.alpha, calibration_size=msm.pool_.n_images,
+                        text=f"p-value <= {msm.alpha:g} against the pool's {msm.pool_.n_images} references: a good "
+                             f"part is flagged with probability at most {msm.alpha:g} (the detector's decision; "
+                             "the score column still ranks by RsCIN)")
+    drift = None
+    if drift_level is not None:
+        drift = DriftMonitor(level=drift_level, random_state=0).fit(new.scores).summary()
     return ScoreResults(
-        paths=paths, names=names, scores=scores, labels=rscin.predict(new),
-        detector_scores=new.scores, threshold=rscin.threshold_, anomaly_maps=new.anomaly_maps,
-        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=rscin.predict_masks(new),
-        settings=dict(settings or {}), timings=timings, skipped=skipped,
+        paths=paths, names=names, scores=scores, labels=labels,
+        detector_scores=new.scores, threshold=threshold, anomaly_maps=new.anomaly_maps,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=masks,
+        settings=dict(settings or {}), timings=timings, skipped=skipped, pvalues=new.pvalues,
+        decision=decision, drift=drift,
     )
 
 
@@ -271,9 +330,11 @@ def run_score_model(args):
                     vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device))
     settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
                 "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
-                "device": str(device)}
+                "device": str(device), "alpha": pipe["msm"].get_params().get("alpha"),
+                "drift_level": args.drift_level}
     with running():
-        results = compute_new(pipe, paths, names, skipped=skipped, settings=settings)
+        results = compute_new(pipe, paths, names, skipped=skipped, settings=settings,
+                              drift_level=args.drift_level)
     results.timings = {"checks_and_load": time.perf_counter() - t0 - results.timings["scoring_total"],
                        **results.timings}
     print_summary(results, results.timings["scoring_total"], "model")
