@@ -256,6 +256,15 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     >>> pool = MutualScoringDetector(novelty=True, device="cpu").fit(lnamd.transform(tokens[:5]))
     >>> pool.predict(lnamd.transform(tokens[5:]))  # image 5 has the defect
     array([-1,  1,  1])
+
+    Labels at a false-alarm rate, calibrated on a pool of good parts
+    (conformal p-values; 5 parts can reach ``alpha=0.2``, 19 ``alpha=0.05``):
+
+    >>> cal = MutualScoringDetector(novelty=True, alpha=0.2, device="cpu").fit(lnamd.transform(tokens[:5]))
+    >>> cal.pvalues(lnamd.transform(tokens[5:])).round(2)
+    array([0.17, 1.  , 0.67])
+    >>> cal.predict(lnamd.transform(tokens[5:]))
+    array([-1,  1,  1])
     """
 
     def __init__(
