@@ -55,3 +55,12 @@ def load_script(relative_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(capsys, *argv):
+    """``sklearn-musc ARGV`` in-process: (exit status, stdout, stderr)."""
+    from sklearn_musc import cli
+
+    rc = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err

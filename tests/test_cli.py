@@ -17,6 +17,7 @@ from sklearn_musc.cli import command as cli_main
 from sklearn_musc.cli import options as cli_options
 from sklearn_musc.cli import run as cli_run
 from sklearn_musc.datasets import make_synthetic_defects, save_synthetic_defects
+from _helpers import run_cli as run
 
 WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
 SMALL = ["--backbone", "timm:vit_small_patch14_dinov2", "--image-size", "56", "--device", "cpu", "--no-progress"]
@@ -26,12 +27,6 @@ RANDOM = ["--pretrained", "none", *SMALL]
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 @pytest.fixture

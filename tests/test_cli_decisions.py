@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 
 from sklearn_musc import cli, conformal_pvalues
+from _helpers import run_cli as run
 from sklearn_musc.datasets import save_synthetic_defects
 
 SMALL = ["--backbone", "timm:vit_small_patch14_dinov2", "--image-size", "56", "--device", "cpu", "--no-progress",
          "--pretrained", "none", "--no-overlays"]
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def read_rows(path):

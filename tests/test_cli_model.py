@@ -9,16 +9,11 @@ import pytest
 
 from sklearn_musc import cli
 from sklearn_musc.cli import run as cli_run
+from _helpers import run_cli as run
 from sklearn_musc.datasets import save_synthetic_defects
 
 SMALL = ["--backbone", "timm:vit_small_patch14_dinov2", "--image-size", "56", "--device", "cpu", "--no-progress"]
 RANDOM = ["--pretrained", "none", *SMALL]
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def read_scores(path):

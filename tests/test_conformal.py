@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 import _reference as ref
-from conftest import make_tokens
+from _helpers import make_tokens
 from sklearn_musc import (DriftMonitor, LNAMDTransformer, MutualScoringDetector, RsCINRescorer,
                           benjamini_hochberg, conformal_pvalues, conformal_threshold)
 from sklearn_musc.conformal import SimpleJumper, min_calibration_size
