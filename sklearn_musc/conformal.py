@@ -6,7 +6,7 @@ scores of known-good parts and of the parts to test.
 The maths of README "Decisions you can trust", apart from the estimators
 that use it. A *calibration set* holds the scores of parts known or accepted
 to be good, computed by the same function that scores a new part (see
-:class:`MutualScoringDetector` for how mutual scoring gets such scores).
+:class:`~sklearn_musc.MutualScoringDetector` for how mutual scoring gets such scores).
 When a new good part and the calibration parts are exchangeable, the
 conformal p-value
 
@@ -71,7 +71,18 @@ def conformal_pvalues(calibration, scores):
 
 
 def min_calibration_size(alpha):
-    """Fewest calibration scores with which a p-value can reach ``alpha`` (``n + 1 >= 1 / alpha``)."""
+    """Fewest calibration scores with which a p-value can reach ``alpha`` (``n + 1 >= 1 / alpha``).
+
+    Parameters
+    ----------
+    alpha : float in (0, 1)
+        The false-alarm rate asked for.
+
+    Returns
+    -------
+    n : int
+        The smallest ``n`` with ``1 / (n + 1) <= alpha``.
+    """
     n = max(0, math.ceil(1.0 / alpha) - 1)
     while n > 0 and 1.0 / n <= alpha:  # float rounding of 1 / alpha
         n -= 1
@@ -96,6 +107,20 @@ def conformal_threshold(calibration, alpha, what="the calibration set"):
     alpha``; that is when ``s`` is strictly above the ``(g + 1)``-th largest
     calibration score, which is returned. So ``score > threshold`` and
     ``conformal_pvalues(...) <= alpha`` flag the same parts.
+
+    Parameters
+    ----------
+    calibration : array-like of shape (n,)
+        Scores of known-good parts, higher = more anomalous.
+    alpha : float in (0, 1)
+        The false-alarm rate.
+    what : str, default="the calibration set"
+        How the error message names the calibration set.
+
+    Returns
+    -------
+    threshold : float
+        Parts scoring strictly above it have ``p <= alpha``.
 
     Raises
     ------
@@ -123,10 +148,19 @@ def benjamini_hochberg(pvalues, q):
     ``min_{j >= i} min(1, m p_(j) / j)``, and ``adjusted <= q`` is the same
     rejection set.
 
+    Parameters
+    ----------
+    pvalues : array-like of shape (m,)
+        One p-value per hypothesis (per part), in [0, 1].
+    q : float in (0, 1)
+        The false-discovery level.
+
     Returns
     -------
     rejected : ndarray of bool, shape (m,)
+        The parts flagged.
     adjusted : ndarray of float, shape (m,)
+        Benjamini-Hochberg adjusted p-values.
     """
     q = check_level(q, "fdr")
     p = np.asarray(pvalues, dtype=np.float64)
