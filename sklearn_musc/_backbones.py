@@ -342,10 +342,19 @@ class TimmViT(_ViTAdapter):
         return int(getattr(self.model, "head_hidden_size", self.model.num_features))
 
     def _adapt_state_dict(self, state):
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        import timm.layers
+        import timm.models.vision_transformer as vit
 
-        # Converts foreign layouts (original DINOv2, ...) and resamples pos_embed.
-        state = checkpoint_filter_fn(state, self.model)
+        # Converts foreign layouts (original DINOv2, ...) and resamples pos_embed
+        # with timm's own resampler: another library in the process may have
+        # replaced the one timm's loader calls (anomalib's ViT feature extractor
+        # forces antialias=False on it, which moved these tokens by up to 6 %).
+        patched = vit.resample_abs_pos_embed
+        vit.resample_abs_pos_embed = timm.layers.resample_abs_pos_embed
+        try:
+            state = vit.checkpoint_filter_fn(state, self.model)
+        finally:
+            vit.resample_abs_pos_embed = patched
         if isinstance(self.model.head, nn.Identity):  # the classifier is never used
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
         return state

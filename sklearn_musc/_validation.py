@@ -75,6 +75,28 @@ def _as_float_array(X, what):
     return X
 
 
+def as_float64(values, what):
+    """``values`` (numpy, a list, or a torch tensor on any device, with grad, any dtype) as float64."""
+    if hasattr(values, "detach"):  # a torch tensor; bfloat16 has no numpy dtype, so convert in torch
+        values = values.detach().cpu()
+        values = (values.double() if values.is_floating_point() else values).numpy()
+    try:
+        values = np.asarray(values)
+    except ValueError as exc:  # ragged lists
+        raise ValueError(f"{what} must be one numeric array, got {type(values).__name__} ({exc})") from None
+    if values.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be numeric, got dtype {values.dtype}")
+    return values.astype(np.float64)
+
+
+def check_finite_rows(array, what):
+    """Raise, naming the first image, when rows of a float array hold NaN or infinity."""
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what} contain NaN or infinity at {int(bad.sum())} of {len(array)} images "
+                         f"(first: image {int(np.flatnonzero(bad)[0])})")
+
+
 def as_patch_tokens(X):
     """Accept :class:`PatchTokens` or a raw (N, n_layers, h, w, C) array."""
     if isinstance(X, PatchTokens):

@@ -9,8 +9,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import ImageScores
 from ._novelty import NoveltyMixin, requires_novelty
+from ._validation import (CONTAMINATION, Interval, Options, as_float64, check_finite_rows, check_int_list, input_tags,
+                          int_sequence, validate_params)
 from .thresholds import defect_masks, threshold_scores
-from ._validation import CONTAMINATION, Interval, Options, check_int_list, input_tags, int_sequence, validate_params
 
 __all__ = ["RsCINRescorer"]
 
@@ -213,13 +214,18 @@ class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
         ----------
         X : ImageScores or array-like of shape (n_images, embed_dim)
             The output of a detector's ``fit_transform`` (scores and
-            embeddings), or image embeddings from any backbone.
+            embeddings), or image embeddings from any backbone: a numpy
+            array or a torch tensor (any device, dtype, with or without
+            grad), e.g. :func:`~sklearn_musc.interop.salient_features`.
         y : None
             Ignored.
         scores : array-like of shape (n_images,), default=None
             Image anomaly scores (higher = more anomalous) of any scorer;
-            required when ``X`` is an array, taken from ``X`` otherwise. Give
-            scikit-learn's ``score_samples`` output negated.
+            required when ``X`` is an array, taken from ``X`` otherwise:
+            anomalib's ``pred_score``, PyOD's ``decision_scores_`` as they
+            are, scikit-learn's ``score_samples`` negated. Numpy or torch.
+            Scores and embeddings of different lengths, or holding NaN, are
+            refused with the count and the first image.
 
         Returns
         -------
@@ -259,17 +265,18 @@ class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
             if scores is None:
                 raise ValueError("scores are required when X is an array of embeddings: fit(X, scores=...)")
             embeddings, kind = X, "array"
-        embeddings = np.asarray(embeddings, dtype=np.float64)
-        scores = np.asarray(scores, dtype=np.float64)
-        if embeddings.ndim != 2 or scores.ndim != 1 or len(embeddings) != len(scores):
-            raise ValueError(
-                "need embeddings of shape (n_images, embed_dim) and scores of shape "
-                f"(n_images,), got {embeddings.shape} and {scores.shape}"
-            )
+        embeddings, scores = as_float64(embeddings, "embeddings"), as_float64(scores, "scores")
+        if scores.ndim != 1:
+            raise ValueError(f"scores must hold one value per image, shape (n_images,), got shape {scores.shape}")
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must have shape (n_images, embed_dim), got shape {embeddings.shape}")
+        if len(embeddings) != len(scores):
+            raise ValueError(f"scores and embeddings disagree in length: {len(scores)} scores, "
+                             f"{len(embeddings)} embeddings")
         if len(scores) == 0:
             raise ValueError("RsCIN needs at least one image")
-        if not (np.isfinite(embeddings).all() and np.isfinite(scores).all()):
-            raise ValueError("embeddings and scores must not contain NaN or infinity")
+        check_finite_rows(scores, "scores")
+        check_finite_rows(embeddings, "embeddings")
         return scores, embeddings, kind
 
     _batch_alternative = (

@@ -17,6 +17,7 @@ from ._batch import FeatureSets, ImageScores
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
+from .interop import salient_features
 from .thresholds import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
@@ -937,9 +938,4 @@ def _salient_features(X, patch_scores):
     layers = sorted({layer for layer, _ in X.set_index})
     layer = layers[-2] if len(layers) > 1 else layers[-1]
     s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
-    n = X.n_images
-    top = patch_scores.reshape(n, -1).argmax(axis=1)
-    h, w = X.grid_size
-    vectors = X.features[np.arange(n), s, top // w, top % w].astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+    return salient_features(X.features[:, s], patch_scores)  # a view: only the top patches are read

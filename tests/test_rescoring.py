@@ -116,7 +116,7 @@ def test_embedding_choice(rng):
     "kwargs, match",
     [
         ({"X": np.ones((3, 2))}, "scores are required"),
-        ({"X": np.ones((3, 2)), "scores": np.ones(4)}, "shape"),
+        ({"X": np.ones((3, 2)), "scores": np.ones(4)}, "disagree in length: 4 scores, 3 embeddings"),
         ({"X": np.ones((3, 2)), "scores": np.array([0.0, np.nan, 1.0])}, "NaN"),
         ({"X": ImageScores(scores=np.ones(3), embeddings=np.ones((3, 2))), "scores": np.ones(3)}, "do not pass"),
     ],
