@@ -247,7 +247,8 @@ def table(cats):
     lines = ["PatchCore blocks, mean image AUROC over k on TUNE (before RsCIN): "
              + ", ".join(f"{k} {v:.1f}" for k, v in layer_means.items()) + f" -> {layers}", ""]
     lines += ["| scorer | before: AUROC / AP (all 15) | RsCIN (1, 7): AUROC / AP (all 15) "
-              "| (1, 7) AUROC TUNE / confirm | chosen windows | chosen: AUROC TUNE / confirm / all | chosen: AP all |", "|---" * 7 + "|"]
+              "| (1, 7) AUROC TUNE / confirm | chosen windows | chosen: AUROC TUNE / confirm / all "
+              "| chosen: AP all |", "|---" * 7 + "|"]
     per_cat = {}
     for name in scorer_names(layers):
         before = metrics_of(cats, name, (1,))
