@@ -190,7 +190,7 @@ def _triangle(a0, a1):
             todo += [(a0, mid), (mid, a1)]
 
 
-def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"):
+def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul", progress=None):
     """Best matches between every ordered pair of images of one feature set.
 
     Parameters
@@ -206,6 +206,9 @@ def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"
         "matmul": torch matrix products, whose tiles are reduced afterwards;
         "fused": the Triton kernel of :mod:`._msm_fused`, which reduces each
         block of products where it is computed.
+    progress : callable or None
+        Called with the number of image pairs of each tile once it is
+        queued (``N * (N - 1) / 2`` in all).
 
     Returns
     -------
@@ -236,6 +239,8 @@ def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"
                 for u0 in range(b0, b1, plan.block):
                     u1 = min(b1, u0 + plan.block)
                     step(rows, load(u0, u1), t0, t1, u0, u1)
+                    if progress is not None:
+                        progress((t1 - t0) * (u1 - u0))
 
     if algorithm == "fused":
         table = torch.full((n, L, n), -math.inf, dtype=torch.float32, device=device)
@@ -246,6 +251,8 @@ def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"
 
         if plan.resident:  # one launch for every pair i < j
             fused(flat, flat, 0, n, 0, n)
+            if progress is not None:
+                progress(n * (n - 1) // 2)
         else:
             sweep(fused)
         return table
@@ -264,7 +271,7 @@ def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"
     return table
 
 
-def cross_similarity_table(Q, P, plan, matmul_precision="float32"):
+def cross_similarity_table(Q, P, plan, matmul_precision="float32", progress=None):
     """Best matches of new images ``Q`` in the pool images ``P`` (novelty scoring).
 
     Parameters
@@ -277,6 +284,8 @@ def cross_similarity_table(Q, P, plan, matmul_precision="float32"):
         Made with ``n=m, n_cols=N``: device, tile size, residency.
     matmul_precision : {"float32", "tf32", "bfloat16"}
         As in :func:`max_similarity_table`.
+    progress : callable or None
+        Called with the number of image pairs of each tile (``m * N`` in all).
 
     Returns
     -------
@@ -309,6 +318,8 @@ def cross_similarity_table(Q, P, plan, matmul_precision="float32"):
                 cols = p[u0 * L : u1 * L].to(device, dtype, non_blocking=True)
                 prod = product(rows, cols).view(t1 - t0, L, u1 - u0, L)
                 table[t0:t1, :, u0:u1] = prod.amax(dim=3)
+                if progress is not None:
+                    progress((t1 - t0) * (u1 - u0))
     return table
 
 

@@ -46,18 +46,31 @@ def _load_set(part, where):
     return F.normalize(Z, dim=-1), Z.isfinite().all()
 
 
-def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None):
-    """The best-match table of ``Z`` against itself (P None) or against ``P``."""
+def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None, progress=None):
+    """The best-match table of ``Z`` against itself (P None) or against ``P``.
+
+    ``progress`` (callable or None) is called with numbers of image pairs as
+    they are compared: ``n (n - 1) / 2`` against itself, ``n * len(P)``
+    against ``P``.
+    """
     if radius is not None:
         Z, P = Z.to(plan.device), None if P is None else P.to(plan.device)
-        return _msm.local_similarity_table(Z, grid, radius, P=P, matmul_precision=matmul_precision)
+        table = _msm.local_similarity_table(Z, grid, radius, P=P, matmul_precision=matmul_precision)
+        if progress is not None:
+            progress(len(Z) * (len(Z) - 1) // 2 if P is None else len(Z) * len(P))
+        return table
     if P is None:
-        return _msm.max_similarity_table(Z, plan, matmul_precision, algorithm)
-    return _msm.cross_similarity_table(Z, P, plan, matmul_precision)
+        return _msm.max_similarity_table(Z, plan, matmul_precision, algorithm, progress)
+    return _msm.cross_similarity_table(Z, P, plan, matmul_precision, progress)
+
+
+def batch_pairs(n, n_refs, n_sets):
+    """Image pairs :func:`score_batch` compares: the unit of its ``progress``."""
+    return n_sets * (n * (n - 1) // 2 + n * n_refs)
 
 
 def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precision, algorithm,
-                radius=None, references=None, repeat_ratio=None, bounds=None, keep=None):
+                radius=None, references=None, repeat_ratio=None, bounds=None, keep=None, progress=None):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
     The images score each other; ``references`` (R, n_sets, h, w, C), when
@@ -72,6 +85,7 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
     scored again without them (:func:`._msm.drop_repeats`, from the same
     table: no further products). With ``keep``, also returns each patch's ``keep`` best
     matches among its scorers, as :func:`best_matches` (from the same table).
+    ``progress`` is called with the image pairs compared (:func:`batch_pairs` in all).
     """
     n = len(features) if rows is None else len(rows)
     _, _, h, w, dim = features.shape
@@ -88,11 +102,12 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
         for s in set_ids:
             Z, ok = _load_set(features[:, s] if rows is None else features[rows, s], where)
             finite &= ok
-            table = _table(Z, plan, matmul_precision, algorithm, radius, (h, w))
+            table = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), progress=progress)
             if n_refs:
                 R, ok = _load_set(references[:, s], where)
                 finite &= ok
-                table = torch.cat([table, _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R)], dim=2)
+                against = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R, progress)
+                table = torch.cat([table, against], dim=2)
             scores[:, s] = _msm.interval_average(table, *k_bounds)
             if keep is not None:
                 k = min(keep, table.shape[2])
@@ -145,7 +160,8 @@ def prepare_pool(features):
     return sets, inv_norms
 
 
-def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, matmul_precision, radius=None):
+def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, matmul_precision, radius=None,
+                      progress=None):
     """The ``k_max`` best matches of each new patch among the pool's images.
 
     Parameters
@@ -155,6 +171,8 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, mat
     pool_sets, pool_inv_norms : ndarray (inv_norms: or None)
         The pool (or a part of it, sliced on the image axis), as made by
         :func:`prepare_pool`.
+    progress : callable or None
+        Called with the image pairs compared (``n_sets * m * N`` in all).
 
     Returns
     -------
@@ -180,7 +198,7 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, mat
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok
-                table = _table(Q, plan, matmul_precision, "matmul", radius, (h, w), P)
+                table = _table(Q, plan, matmul_precision, "matmul", radius, (h, w), P, progress)
                 best[c0 : c0 + len(Q), s] = torch.topk(table, keep, dim=2, sorted=True).values
                 del table
         if not bool(finite):

@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import FeatureSets
 from ._device import resolve_device
+from ._progress import progress_bar
 from ._validation import (DEVICE, Interval, Options, Satisfies, as_patch_tokens, check_finite, check_int_list,
                           input_tags, int_sequence, validate_params)
 
@@ -116,6 +117,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         features lose nothing to its range, and its 11-bit significand is
         TF32's. On MVTec AD bottle and screw it moves image scores by at
         most 3e-5 (``benchmarks/RESULTS.md``).
+    progress : bool, default=True
+        Show a progress bar with the time left over the images (once the
+        aggregation has run for a second).
 
     Attributes
     ----------
@@ -153,14 +157,17 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         "device": [DEVICE],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "dtype": [Satisfies(_is_storage_dtype, "'float32' or 'float16'")],
+        "progress": ["boolean"],
     }
 
-    def __init__(self, *, r_list=(1, 3, 5), aggregation="similarity", device="auto", batch_size=32, dtype="float32"):
+    def __init__(self, *, r_list=(1, 3, 5), aggregation="similarity", device="auto", batch_size=32, dtype="float32",
+                 progress=True):
         self.r_list = r_list
         self.aggregation = aggregation
         self.device = device
         self.batch_size = batch_size
         self.dtype = dtype
+        self.progress = progress
 
     def fit(self, X, y=None):
         """Validate the parameters and the shape of the tokens.
@@ -221,8 +228,8 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         # without gathering it first.
         dtype = np.dtype(self.dtype)
         out = np.empty((len(self.set_index_), n, h, w, dim), dtype=dtype).transpose(1, 0, 2, 3, 4)
-        with torch.inference_mode():
-            step = int(self.batch_size)
+        step = int(self.batch_size)
+        with torch.inference_mode(), progress_bar(n, "LNAMD", self.progress, unit="image") as bar:
             for start in range(0, n, step):
                 chunk = torch.as_tensor(X.tokens[start : start + step])
                 chunk = chunk.to(self.device_, torch.float32)
@@ -233,6 +240,7 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
                     sets = sets.to(_TORCH_DTYPE[dtype])  # on the device: half the traffic for float16
                     for k in range(per_layer):  # straight into the contiguous block of each set
                         torch.from_numpy(out[start:stop, layer * per_layer + k]).copy_(sets[:, k])
+                bar.update(stop - start)
         return FeatureSets(
             features=out,
             set_index=self.set_index_,

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_backbone, resolve_backbone, resolve_pretrained
 from ._batch import PatchTokens
 from ._device import resolve_device
+from ._progress import progress_bar
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 from ._validation import check_int_list, check_size
 from .images import as_image_list, load_image
@@ -121,8 +122,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         Storage type of the returned tokens (embeddings are always float32),
         as ``LNAMDTransformer(dtype=...)`` for the feature sets.
     progress : bool, default=True
-        Show a progress bar over the forward batches (only when there is more
-        than one batch).
+        Show a progress bar with the time left over the images (once the
+        forward has run for a second).
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation when ``pretrained`` is None (ignored
         for pretrained weights), so that random-weight runs can be repeated;
@@ -361,9 +362,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
 
         # A background thread decodes the next batch while the device runs this
         # one (PIL releases the GIL while decoding and resizing).
-        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), \
+                progress_bar(n, "ViT forward", self.progress, unit="image") as bar:
             pending = pool.submit(load, starts[0])
-            for k in _progress(starts, self.progress and len(starts) > 1):
+            for k in starts:
                 start, stop, pixels, sizes = pending.result()
                 if k + self.batch_size < n:
                     pending = pool.submit(load, k + self.batch_size)
@@ -375,6 +377,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 tokens[start:stop] = _to_storage(batch, torch_dtype, sources[start:stop])
                 embedding = F.normalize(embedding.float(), dim=-1)
                 embeddings[start:stop] = embedding.cpu().numpy()
+                bar.update(stop - start)
         return PatchTokens(
             tokens=tokens,
             embeddings=embeddings,
@@ -384,14 +387,6 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             sources=tuple(sources),
             backbone=self.backbone_,
         )
-
-
-def _progress(iterable, enabled):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc="ViT forward", unit="batch")
 
 
 def _to_storage(batch, dtype, sources):

@@ -17,6 +17,7 @@ from ._batch import FeatureSets, ImageScores
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
+from ._progress import progress_bar
 from .interop import salient_features
 from .thresholds import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
@@ -177,6 +178,13 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         GPU, hence not the default (see ``benchmarks/RESULTS.md``). Scoring
         new images against a pool (novelty), same-position matching
         (``radius``) and references always use "matmul" products.
+    progress : bool, default=True
+        Show a progress bar with the time left over the image pairs compared
+        (``fit``: every pair of the batch and of each image with the
+        references, times the feature sets; ``transform`` and the other
+        novelty methods: every new image against every pool image), once
+        the scoring has run for a second. With ``n_jobs > 1`` it advances
+        by whole subsets.
 
     Attributes
     ----------
@@ -290,6 +298,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         memory_budget=None,
         matmul_precision="float32",
         algorithm="matmul",
+        progress=True,
     ):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
@@ -310,6 +319,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         self.memory_budget = memory_budget
         self.matmul_precision = matmul_precision
         self.algorithm = algorithm
+        self.progress = progress
 
     _parameter_constraints = {
         "topmin_min": [Interval(numbers.Real, 0, 1, closed="left")],
@@ -331,6 +341,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         "memory_budget": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "matmul_precision": [Options(*_msm.PRECISIONS)],
         "algorithm": [Options(*_msm.ALGORITHMS)],
+        "progress": ["boolean"],
     }
 
     def _check_params(self):
@@ -424,8 +435,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         whole = len(self.subsets_) == 1
         # a pool scored whole keeps its best-match lists from the same tables (see _set_pool)
         keep = self._keep(n + n_refs) if self.novelty and whole else None
-        jobs = (
-            delayed(_msm_batch.score_batch)(
+        jobs = [
+            (_msm_batch.score_batch, (
                 X.features,
                 None if whole else idx,
                 set_ids,
@@ -439,10 +450,10 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 self.repeat_ratio,
                 self._bounds,
                 keep,
-            )
+            ), _msm_batch.batch_pairs(len(idx), n_refs, len(set_ids)))
             for idx in self.subsets_
-        )
-        results = Parallel(n_jobs=self.n_jobs)(jobs)
+        ]
+        results = self._run(jobs, "mutual scoring")
         best = None
         if keep is not None:
             results, best = [results[0][0]], results[0][1]
@@ -593,6 +604,24 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         if "_pool_sets" not in self.__dict__:
             raise AttributeError("pool_ exists only after fit with novelty=True")
         return FeatureSets(features=self._pool_sets.transpose(1, 0, 2, 3, 4), **self._pool_info)
+
+    def _run(self, jobs, desc):
+        """Results of ``jobs`` (function, args, image pairs) through joblib, with a progress bar.
+
+        In this process the bar advances tile by tile (the functions' own
+        ``progress``); with parallel workers, job by job as results arrive.
+        """
+        total = sum(pairs for _, _, pairs in jobs)
+        with progress_bar(total, desc, self.progress, unit="pair") as bar:
+            if effective_n_jobs(self.n_jobs) == 1:
+                return [function(*args, progress=bar.update) for function, args, _ in jobs]
+            results = []
+            done = Parallel(n_jobs=self.n_jobs, return_as="generator")(
+                delayed(function)(*args) for function, args, _ in jobs)
+            for (_, _, pairs), result in zip(jobs, done):
+                results.append(result)
+                bar.update(pairs)
+            return results
 
     def _split(self, n, n_refs=0):
         n_subsets = self.n_subsets
@@ -758,15 +787,16 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         budget = self.memory_budget or _msm.default_memory_budget(device)
         k_bounds = self._bounds(n_pool + 1)  # as if each new image had joined the pool
         chunks, parts = _novelty_jobs(n_new, n_pool, effective_n_jobs(self.n_jobs))
-        best = Parallel(n_jobs=self.n_jobs)(
-            delayed(_msm_batch.pool_best_matches)(
+        n_sets = len(pool.set_index)
+        best = self._run([
+            (_msm_batch.pool_best_matches, (
                 X.features[c], self._pool_sets[:, p],
                 None if self._pool_inv_norms is None else self._pool_inv_norms[:, p], k_bounds[1],
                 device, budget, self.matmul_precision, self.radius,
-            )
+            ), n_sets * (c.stop - c.start) * (p.stop - p.start))
             for c in chunks
             for p in parts
-        )
+        ], "novelty scoring")
         set_scores = np.concatenate([
             _msm_batch.merge_best_matches(best[i * len(parts) : (i + 1) * len(parts)], k_bounds)
             for i in range(len(chunks))

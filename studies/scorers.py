@@ -20,7 +20,7 @@ Scorers:
   Its feature extractor is a module that hands the cached ViT tokens to
   anomalib's forward (``Tokens``); ``check`` compares it with anomalib's own
   ``TimmFeatureExtractor`` loaded with the shared weights on the images. The
-  ViT blocks are chosen on the 8 TUNE categories at every k. RsCIN behind it
+  ViT blocks are chosen on the 8 TUNE categories at k = 4. RsCIN behind it
   uses PatchCore's embedding of each image's top patch
   (``sklearn_musc.interop.PatchCoreCapture``).
 - PyOD's KNN, LOF, IForest and ECOD, fitted on the image embeddings (unit
@@ -61,6 +61,7 @@ from sklearn_musc.scoring import _salient_features  # noqa: E402
 OUT = Path(os.environ.get("MUSC_SCORERS", "/tmp/musc-scorers"))
 SHOTS = fewshot.SHOTS
 BLOCKS = (2, 5, 8, 11)  # the cached layers
+SELECT_K = 4  # PatchCore's blocks are chosen at this k
 PATCHCORE_LAYERS = {"8": (8,), "11": (11,), "5+8": (5, 8), "8+11": (8, 11), "2+5+8+11": (2, 5, 8, 11)}
 PYOD = ("KNN", "LOF", "IForest", "ECOD")
 WINDOWS = ((1,), (1, 2, 3), (1, 3), (1, 5), (1, 7), (1, 8, 9), (1, 11), (1, 15))
@@ -163,17 +164,15 @@ def compute(category):
         t0 = time.perf_counter()
         clf = make().fit(X)
         add(f"PyOD {name}", allidx, clf.decision_scores_, X, time.perf_counter() - t0)
-    # anomalib's PatchCore, k good references: every choice of blocks on TUNE, the chosen one elsewhere
-    keys = list(PATCHCORE_LAYERS) if category in TUNE else [patchcore_layers(TUNE)[0]]
-    for key in keys:
-        blocks = PATCHCORE_LAYERS[key]
-        model = patchcore_model(e["tokens"], blocks)
-        for k in SHOTS:
-            R = np.sort(perm[:k])
-            B = np.setdiff1d(allidx, R)
-            t0 = time.perf_counter()
-            scores, salient = run_patchcore(model, indices(R), indices(B))
-            add(f"PatchCore {key} k{k}", B, scores, salient, time.perf_counter() - t0)
+    # anomalib's PatchCore, k good references, with the blocks chosen on TUNE
+    key = patchcore_layers()[0]
+    model = patchcore_model(e["tokens"], PATCHCORE_LAYERS[key])
+    for k in SHOTS:
+        R = np.sort(perm[:k])
+        B = np.setdiff1d(allidx, R)
+        t0 = time.perf_counter()
+        scores, salient = run_patchcore(model, indices(R), indices(B))
+        add(f"PatchCore {key} k{k}", B, scores, salient, time.perf_counter() - t0)
     # MuSc's defaults, from fewshot's table (its features are LNAMDTransformer's defaults)
     T, _ = fewshot.table(category)
     feats = LNAMDTransformer(device="cpu").fit_transform(e["tokens"])
@@ -220,12 +219,28 @@ def choose(cats, name):
     return max(WINDOWS, key=lambda w: np.mean([v[0] for v in metrics_of(tune, name, w).values()]))
 
 
-def patchcore_layers(cats):
-    """The blocks of PatchCore chosen on TUNE (mean image AUROC over k, before RsCIN); and the means."""
-    tune = [c for c in cats if c in TUNE]
-    assert len(tune) == len(TUNE), "PatchCore's blocks are chosen on all 8 TUNE categories"
-    means = {key: np.mean([np.mean([v[0] for v in metrics_of(tune, f"PatchCore {key} k{k}", (1,)).values()])
-                           for k in SHOTS]) for key in PATCHCORE_LAYERS}
+def select_blocks(category):
+    """Image AUROC of PatchCore with each choice of blocks at k = SELECT_K (cached)."""
+    path = OUT / f"{category}.blocks.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    e = load(category)
+    labels = np.asarray(e["labels"])
+    R = np.sort(fewshot.draw_refs(labels, 0)[:SELECT_K])
+    B = np.setdiff1d(np.arange(len(labels)), R)
+    got = {}
+    for key, blocks in PATCHCORE_LAYERS.items():
+        scores, _ = run_patchcore(patchcore_model(e["tokens"], blocks), indices(R), indices(B))
+        got[key] = 100 * image_auroc(labels[B], scores)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(got))
+    log(f"{category} blocks: {got}")
+    return got
+
+
+def patchcore_layers():
+    """PatchCore's blocks with the best mean image AUROC at k = SELECT_K on TUNE (before RsCIN); the means."""
+    means = {key: float(np.mean([select_blocks(c)[key] for c in TUNE])) for key in PATCHCORE_LAYERS}
     return max(means, key=means.get), means
 
 
@@ -243,8 +258,8 @@ def mean(d, cs, i):
 def table(cats):
     tune = [c for c in cats if c in TUNE]
     confirm = [c for c in cats if c not in TUNE]
-    layers, layer_means = patchcore_layers(cats)
-    lines = ["PatchCore blocks, mean image AUROC over k on TUNE (before RsCIN): "
+    layers, layer_means = patchcore_layers()
+    lines = [f"PatchCore blocks, mean image AUROC at k = {SELECT_K} on TUNE (before RsCIN): "
              + ", ".join(f"{k} {v:.1f}" for k, v in layer_means.items()) + f" -> {layers}", ""]
     lines += ["| scorer | before: AUROC / AP (all 15) | RsCIN (1, 7): AUROC / AP (all 15) "
               "| (1, 7) AUROC TUNE / confirm | chosen windows | chosen: AUROC TUNE / confirm / all "
@@ -307,11 +322,13 @@ def check(category, blocks=(8, 11)):
             f"max |score diff| / max score {np.abs(own - via).max() / np.abs(via).max():.3f}")
 
 
-def _rscin_seconds(row, repeats):
+def _rscin_seconds(row, repeats, labels=True):
+    """Median seconds of RsCIN (1, 7); without ``labels``, a threshold is given: the re-scoring alone."""
+    params = {} if labels else dict(threshold=0.0)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        RsCINRescorer().fit(row["emb"], scores=row["scores"])
+        RsCINRescorer(**params).fit(row["emb"], scores=row["scores"])
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -325,20 +342,22 @@ def cost(cats, repeats=20):
     """
     from sklearn_musc import MutualScoringDetector
 
-    lines = ["| scorer | scorer s (mean per category) | RsCIN s (median, mean per category) | RsCIN / scorer |",
-             "|---|---|---|---|"]
-    layers, _ = patchcore_layers(categories())
+    lines = ["| scorer | scorer s | RsCIN s, scores only | RsCIN s, with labels (auto) | ratios to the scorer |",
+             "|---|---|---|---|---|"]
+
+    def line(name, own, rows):
+        bare = np.mean([_rscin_seconds(r, repeats, labels=False) for r in rows])
+        full = np.mean([_rscin_seconds(r, repeats) for r in rows])
+        lines.append(f"| {name} | {own:.3f} | {bare:.4f} | {full:.4f} | {bare / own:.4f} / {full / own:.4f} |")
+
+    layers, _ = patchcore_layers()
     for name in [f"PyOD {p}" for p in PYOD] + [f"PatchCore {layers} k{k}" for k in SHOTS]:
-        own = np.mean([compute(c)["seconds"][name] for c in cats])
-        rs = np.mean([_rscin_seconds(compute(c)["rows"][name], repeats) for c in cats])
-        lines.append(f"| {name} | {own:.4f} | {rs:.5f} | {rs / own:.4f} |")
+        line(name, np.mean([compute(c)["seconds"][name] for c in cats]), [compute(c)["rows"][name] for c in cats])
     c = cats[0]
     feats = LNAMDTransformer(device="cpu").fit_transform(load(c)["tokens"])
     t0 = time.perf_counter()
     MutualScoringDetector(device="cpu").fit(feats)
-    own = time.perf_counter() - t0
-    rs = _rscin_seconds(compute(c)["rows"]["MuSc zero-shot"], repeats)
-    lines.append(f"| MuSc zero-shot ({c} only) | {own:.2f} | {rs:.5f} | {rs / own:.5f} |")
+    line(f"MuSc zero-shot, MSM only ({c})", time.perf_counter() - t0, [compute(c)["rows"]["MuSc zero-shot"]])
     return "\n".join(lines)
 
 
@@ -347,7 +366,9 @@ def main(argv):
     cats = argv[1:] or categories()
     torch.set_num_threads(2)
     if what == "compute":
-        for c in sorted(cats, key=lambda c: c not in TUNE):  # TUNE first: it chooses PatchCore's blocks
+        for c in TUNE:  # first, PatchCore's blocks
+            select_blocks(c)
+        for c in cats:
             compute(c)
     elif what == "table":
         print(table(cats))
