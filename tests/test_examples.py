@@ -14,6 +14,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 # must write in its working folder.
 QUICK = {
     "plot_anomaly_grid.py": (["--n-scored", "8", "--n-images", "4", "--no-progress"], ["anomaly_grid.png"]),
+    "rscin_behind_your_scorer.py": (["--n-images", "12", "--shots", "1", "--image-size", "112"], []),
 }
 
 
