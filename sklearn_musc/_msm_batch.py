@@ -216,7 +216,7 @@ def merge_best_matches(parts, k_bounds):
     return dist.mean(dim=3).numpy()
 
 
-def best_matches(features, keep, device, budget, matmul_precision, radius=None):
+def best_matches(features, keep, device, budget, matmul_precision, radius=None, progress=None):
     """The ``keep`` best matches of each patch among the *other* images of ``features``.
 
     What a pool keeps for conformal calibration and for growing without a
@@ -228,6 +228,8 @@ def best_matches(features, keep, device, budget, matmul_precision, radius=None):
     Parameters
     ----------
     features : ndarray of shape (n, n_sets, h, w, C)
+    progress : callable or None
+        Called with the image pairs compared (``n_sets * n * (n - 1) / 2`` in all).
 
     Returns
     -------
@@ -246,7 +248,7 @@ def best_matches(features, keep, device, budget, matmul_precision, radius=None):
         for s in range(n_sets):
             Z, ok = _load_set(features[:, s], where)
             finite &= ok
-            table = _table(Z, plan, matmul_precision, "matmul", radius, (h, w))
+            table = _table(Z, plan, matmul_precision, "matmul", radius, (h, w), progress=progress)
             best[:, s, :, :k] = torch.topk(table, k, dim=2, sorted=True).values.cpu().numpy()
             del table
         if not bool(finite):

@@ -184,7 +184,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         references, times the feature sets; ``transform`` and the other
         novelty methods: every new image against every pool image), once
         the scoring has run for a second. With ``n_jobs > 1`` it advances
-        by whole subsets.
+        by whole subsets. The pool's calibration, the references' scores and
+        ``partial_fit`` have bars of their own.
 
     Attributes
     ----------
@@ -530,8 +531,11 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(features)
         self._pool_info = info
         if best is None:
-            best = _msm_batch.best_matches(features, self._keep(len(features)), device, budget,
-                                           self.matmul_precision, self.radius)
+            n_pool = len(features)
+            with progress_bar(_msm_batch.batch_pairs(n_pool, 0, features.shape[1]), "pool calibration",
+                              self.progress, unit="pair") as bar:
+                best = _msm_batch.best_matches(features, self._keep(n_pool), device, budget,
+                                               self.matmul_precision, self.radius, bar.update)
         self._pool_best = best
         self.__dict__.pop("calibration_scores_", None)
         n_pool = len(features)
@@ -571,10 +575,14 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         exchangeable with the references its p-value is valid.
         """
         n, n_refs = X.n_images, refs.n_images
-        out = _msm_batch.score_batch(
-            refs.features, None, range(refs.features.shape[1]), self._bounds(n + n_refs), self.device_,
-            budget, self.matmul_precision, self.algorithm, self.radius, X.features, keep=keep,
-        )
+        n_sets = refs.features.shape[1]
+        with progress_bar(_msm_batch.batch_pairs(n_refs, n, n_sets), "reference scores", self.progress,
+                          unit="pair") as bar:
+            out = _msm_batch.score_batch(
+                refs.features, None, range(n_sets), self._bounds(n + n_refs), self.device_,
+                budget, self.matmul_precision, self.algorithm, self.radius, X.features, keep=keep,
+                progress=bar.update,
+            )
         set_scores, best = out if keep is not None else (out, None)
         maps = self._upsample(set_scores.mean(axis=1), X.input_size)
         return maps.reshape(n_refs, -1).max(axis=1), best
@@ -887,10 +895,14 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         best = None
         if drop == 0 and self._bounds(n_total + 1)[1] <= keep:  # the kept lists are long enough: update them
             new_sets, new_inv = _msm_batch.prepare_pool(X.features)
-            args = (device, budget, self.matmul_precision, self.radius)
-            old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, X.n_images, *args)
-            new_vs_old = _msm_batch.pool_best_matches(X.features, self._pool_sets, self._pool_inv_norms, keep, *args)
-            new_vs_new = _msm_batch.best_matches(X.features, keep, *args)
+            n_old, n_new, n_sets = len(old), X.n_images, old.shape[1]
+            with progress_bar(n_sets * (2 * n_old * n_new + n_new * (n_new - 1) // 2), "adding to the pool",
+                              self.progress, unit="pair") as bar:
+                args = (device, budget, self.matmul_precision, self.radius)
+                old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, n_new, *args, progress=bar.update)
+                new_vs_old = _msm_batch.pool_best_matches(X.features, self._pool_sets, self._pool_inv_norms, keep,
+                                                          *args, progress=bar.update)
+                new_vs_new = _msm_batch.best_matches(X.features, keep, *args, progress=bar.update)
             best = np.concatenate([_msm_batch.merge_kept([self._pool_best, old_vs_new], keep),
                                    _msm_batch.merge_kept([new_vs_old, new_vs_new], keep)])
         elif drop:

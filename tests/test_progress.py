@@ -28,6 +28,10 @@ def run_every_stage(rng, progress, n_jobs=None):
     det.score_samples(feats)
     with parallel_config(backend="threading"):  # workers: the bar advances by whole subsets
         MutualScoringDetector(n_subsets=2, random_state=0, n_jobs=n_jobs, device="cpu", progress=progress).fit(feats)
+    # conformal calibration of a pool scored in subsets, references' scores, parts added to a pool
+    split = MutualScoringDetector(novelty=True, n_subsets=2, random_state=0, device="cpu", progress=progress)
+    split.fit(feats).partial_fit(feats.take(np.arange(2)))
+    MutualScoringDetector(device="cpu", progress=progress).fit(feats, references=feats.take(np.arange(2)))
 
 
 def final_counts(err, desc):
@@ -43,10 +47,14 @@ def test_every_long_stage_shows_progress_with_the_time_left(rng, capsys, at_once
     err = capsys.readouterr().err
     assert final_counts(err, "ViT forward") == (5, 5)
     assert final_counts(err, "LNAMD") == (5, 5)
-    # 5 images, 2 feature sets: 10 pairs per set; subsets of 3 and 2: 3 + 1 pairs per set
-    assert re.findall(r"mutual scoring:.*?(\d+)/(\d+) \[", err)[-1] == ("8", "8")
-    assert ("20", "20") in re.findall(r"mutual scoring:.*?(\d+)/(\d+) \[", err)
+    # 5 images, 2 feature sets: 10 pairs per set; subsets of 3 and 2: 3 + 1 pairs per set; with 2
+    # references: 10 + 5 x 2 pairs per set
+    ends = set(re.findall(r"mutual scoring:\s+100%.*?(\d+)/(\d+) \[", err))
+    assert ends == {("20", "20"), ("8", "8"), ("40", "40")}
     assert final_counts(err, "novelty scoring") == (50, 50)  # 2 sets x 5 new x 5 pool images
+    assert final_counts(err, "pool calibration") == (20, 20)  # 2 sets x 10 pairs of the pool
+    assert final_counts(err, "adding to the pool") == (42, 42)  # 2 sets x (2 x 5 x 2 + 1)
+    assert final_counts(err, "reference scores") == (22, 22)  # 2 sets x (1 + 2 x 5)
 
 
 def test_no_progress_writes_nothing(rng, capsys, at_once):
