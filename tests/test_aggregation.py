@@ -60,7 +60,8 @@ def test_metadata_passes_through_and_layers_name_the_sets(rng):
 def test_sklearn_contract(rng):
     est = LNAMDTransformer(r_list=[1, 3])
     assert est.get_params() == {
-        "r_list": [1, 3], "aggregation": "similarity", "device": "auto", "batch_size": 32, "dtype": "float32"}
+        "r_list": [1, 3], "aggregation": "similarity", "device": "auto", "batch_size": 32, "dtype": "float32",
+        "progress": True}
     assert clone(est).r_list == [1, 3]
     with pytest.raises(NotFittedError):
         est.transform(make_tokens(rng))
