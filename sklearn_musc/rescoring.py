@@ -88,9 +88,12 @@ class RsCINRescorer(NoveltyMixin, OutlierMixin, BaseEstimator):
     scorer.
 
     RsCIN needs only image scores and embeddings, so it works behind any
-    scorer (MuSc's :class:`MutualScoringDetector`, PatchCore, an
-    IsolationForest, ...). It is transductive: it rescores the batch it is
-    fitted on.
+    scorer: MuSc's :class:`MutualScoringDetector`, anomalib's PatchCore
+    (:class:`~sklearn_musc.interop.PatchCoreCapture` records its scores and
+    salient features), PyOD's detectors (``fit(X,
+    scores=clf.decision_scores_)``), an IsolationForest, ... (README, "RsCIN
+    behind your own scorer", where it helps and where it does not). It is
+    transductive: it rescores the batch it is fitted on.
 
     Parameters
     ----------
