@@ -345,7 +345,7 @@ def _rscin_seconds(row, repeats, labels=True):
     return float(np.median(times))
 
 
-def cost(cats, repeats=20):
+def cost(cats, repeats=5):
     """Seconds of each scorer (from the features) and of RsCIN (1, 7) behind it, per category, means.
 
     PyOD and PatchCore: as recorded by ``compute``. MuSc: its scores here are
