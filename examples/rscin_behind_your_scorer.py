@@ -19,7 +19,7 @@ scorer and of RsCIN. Needs ``pip install "sklearn-musc[anomalib,pyod]"``.
 
     python examples/rscin_behind_your_scorer.py                          # bottle, 4 shots
     python examples/rscin_behind_your_scorer.py --category screw --shots 8
-    python examples/rscin_behind_your_scorer.py --n-images 16 --shots 1  # a quick run (the tests')
+    python examples/rscin_behind_your_scorer.py --n-images 12 --shots 1 --image-size 112  # quick (the tests)
 
 Without ``../shared`` (or ``--data-root``) it scores a synthetic batch
 (``make_synthetic_defects``); without the weights file the backbones are
