@@ -37,7 +37,8 @@ from sklearn_musc import RsCINRescorer, ViTPatchTransformer
 from sklearn_musc.datasets import load_mvtec, make_synthetic_defects
 from sklearn_musc.interop import PatchCoreCapture
 from sklearn_musc.metrics import image_ap, image_auroc
-from sklearn_musc.preprocessing import load_image, preprocess
+from sklearn_musc.geometry import preprocess
+from sklearn_musc.images import load_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA_ROOT = SHARED / "data" / "mvtec_ad_lowres"

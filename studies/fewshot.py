@@ -119,8 +119,8 @@ def metrics(labels, masks, ps, emb=None):
     return out
 
 
-def bounds(n_images):
-    return _msm.interval_bounds(n_images, *TOPMIN)
+def bounds(n_images, topmin=TOPMIN):
+    return _msm.interval_bounds(n_images, *topmin)
 
 
 def draw_refs(labels, seed):

@@ -54,10 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fewshot  # noqa: E402
 from _cache import TUNE, WEIGHTS, categories, load  # noqa: E402
 
-from sklearn_musc import LNAMDTransformer, RsCINRescorer, _msm  # noqa: E402
-from sklearn_musc.interop import PatchCoreCapture  # noqa: E402
+from sklearn_musc import LNAMDTransformer, RsCINRescorer  # noqa: E402
+from sklearn_musc.interop import PatchCoreCapture, salient_features  # noqa: E402
 from sklearn_musc.metrics import image_ap, image_auroc  # noqa: E402
-from sklearn_musc.scoring import _salient_features  # noqa: E402
 
 OUT = Path(os.environ.get("MUSC_SCORERS", "/tmp/musc-scorers"))
 SHOTS = fewshot.SHOTS
@@ -131,11 +130,11 @@ def run_patchcore(model, refs, batch, batch_size=32):
 
 def musc_scores(T, feats, rows, cols, n_batch):
     """Image scores and salient features of MuSc's defaults, from fewshot's table."""
-    ps = fewshot.patch_scores(T, rows, cols, _msm.interval_bounds(n_batch, 0.0, TOPMIN_MAX))
+    ps = fewshot.patch_scores(T, rows, cols, fewshot.bounds(n_batch, (0.0, TOPMIN_MAX)))
     scores = fewshot.upsample(ps).reshape(len(rows), -1).max(axis=1)
-    full = np.zeros((feats.n_images,) + ps.shape[1:], dtype=ps.dtype)  # the detector's rule, on all images
-    full[rows] = ps
-    return scores, _salient_features(feats, full)[rows]
+    # the detector's salient feature: its second-to-last block's set (block 8, set 0 of blocks 8 and 11)
+    assert feats.set_index[0] == (8, 0)
+    return scores, salient_features(feats.features[np.asarray(rows), 0], ps)
 
 
 def compute(category):
@@ -310,8 +309,10 @@ def check(category, blocks=(8, 11)):
     """PatchCore fed by anomalib's own TimmFeatureExtractor (shared weights) on the images vs cached tokens."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from sklearn_musc._backbones import read_state_dict
-    from sklearn_musc.preprocessing import load_image, preprocess
+    from safetensors.torch import load_file
+
+    from sklearn_musc.geometry import preprocess
+    from sklearn_musc.images import load_image
 
     e = load(category)
     labels = np.asarray(e["labels"])
@@ -319,7 +320,7 @@ def check(category, blocks=(8, 11)):
     model = PatchcoreModel(layers=[f"blocks.{b}" for b in blocks], backbone="vit_small_patch14_dinov2",
                            pre_trained=False)
     model.feature_extractor.feature_extractor.load_state_dict(
-        {k: v.float() for k, v in read_state_dict(WEIGHTS).items()})
+        {k: v.float() for k, v in load_file(WEIGHTS).items()})
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's DINOv2 config, as ViTPatchTransformer
     images = torch.stack([preprocess(load_image(p)[0], (224, 224), mean, std) for p in e["paths"]])
     perm = fewshot.draw_refs(labels, 0)
@@ -374,6 +375,9 @@ def cost(cats, repeats=5):
 
 
 def main(argv):
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
     torch.set_num_threads(2)
