@@ -7,7 +7,7 @@ import pytest
 import torch
 from joblib import parallel_config
 
-from conftest import make_tokens, unit_features
+from _helpers import make_tokens, unit_features
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, ViTPatchTransformer, _msm, _progress
 
 TINY_VIT = dict(backbone="timm:vit_small_patch14_dinov2", pretrained=None, image_size=56, device="cpu",

@@ -86,7 +86,8 @@ def add_model_options(parser, *, backbone, image_size):
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     o = parser.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar (stage lines are still shown)")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (stage lines and the time estimate are still shown)")
     o.add_argument("--no-overlays", action="store_true", help="do not write heat-map PNGs")
     add_common_options(parser)
 
@@ -105,7 +106,8 @@ def build_pipeline(args, pretrained, novelty=False):
         args.preset,
         vit__backbone=args.backbone, vit__pretrained=pretrained, vit__image_size=args.image_size,
         vit__layers=args.layers, vit__device=args.device, vit__batch_size=args.batch_size,
-        vit__progress=not args.no_progress,
+        vit__progress=not args.no_progress, lnamd__progress=not args.no_progress,
+        msm__progress=not args.no_progress,
         lnamd__r_list=tuple(option(args, "r_list")), lnamd__device=args.device,
         lnamd__dtype=getattr(args, "features_dtype", "float32"),
         msm__contamination=args.contamination, msm__device=args.device,

@@ -31,6 +31,7 @@ from ..conformal import min_calibration_size
 from ..monitoring import DriftMonitor
 from ..images import ImageFiles
 from .errors import InputError, WeightsUnavailable, one_line, running
+from .estimate import announce
 from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
 from .outputs import OutputFolder, ScoreResults
 
@@ -208,6 +209,7 @@ def run_score(args, directory, pretrained):
     t = time.perf_counter()
     _load_checked_backbone(args, pipe)
     load_seconds = time.perf_counter() - t
+    announce(pipe["vit"], pipe["lnamd"], len(paths), len(references or ()), args.max_subset_size, stage)
     with running():
         settings = _settings(args, pipe)
         settings["references"] = None if references is None else len(references)
@@ -239,6 +241,7 @@ def run_fit(args):
                          "add good parts")
     pipe = build_pipeline(args, pretrained(args), novelty=True)
     _load_checked_backbone(args, pipe)
+    announce(pipe["vit"], pipe["lnamd"], len(paths), 0, args.max_subset_size, stage)
     with running():
         results = compute(pipe, paths, names, skipped=skipped)
         tmp = model.with_name(f".{model.name}.partial")
@@ -327,7 +330,8 @@ def run_score_model(args):
     pipe = load_model(args.model)
     device = resolve_device(args.device)
     pipe.set_params(vit__device=str(device), vit__batch_size=args.batch_size,
-                    vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device))
+                    vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device),
+                    lnamd__progress=not args.no_progress, msm__progress=not args.no_progress)
     settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
                 "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
                 "device": str(device), "alpha": pipe["msm"].get_params().get("alpha"),
