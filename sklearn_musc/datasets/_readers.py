@@ -16,11 +16,13 @@ _LAYOUTS = {
     "mvtec": "ROOT/<category>/test/<defect>/NNN.png (MVTec AD)",
     "visa": "ROOT/<category>/Data/Images/{Normal,Anomaly}/*.JPG (VisA)",
     "btad": "ROOT/<category>/test/{ok,ko}/*.bmp (BTAD)",
+    "mvtec3d": "ROOT/<category>/test/<defect>/{rgb,xyz,gt}/NNN.{png,tiff,png} (MVTec 3D-AD)",
 }
 _MARKERS = {
     "mvtec": ("test",),
     "visa": ("Data", "Images"),
     "btad": ("test",),
+    "mvtec3d": ("test",),
 }
 
 
@@ -139,7 +141,7 @@ def list_categories(root, dataset="mvtec"):
     ----------
     root : str or path-like
         The dataset root, holding one folder per category.
-    dataset : {"mvtec", "visa", "btad"}, default="mvtec"
+    dataset : {"mvtec", "visa", "btad", "mvtec3d"}, default="mvtec"
         The layout to look for.
 
     Returns
