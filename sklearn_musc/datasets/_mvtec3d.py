@@ -108,7 +108,9 @@ def load_mvtec3d(root, category, split="test"):
     Returns
     -------
     data : sklearn.utils.Bunch
-        ``paths`` (rgb images, list of str), ``xyz_paths`` (point clouds),
+        ``samples`` (``(rgb, xyz)`` path pairs, the input of
+        :class:`~sklearn_musc.MultimodalTransformer`), ``paths`` (rgb images,
+        list of str), ``xyz_paths`` (point clouds),
         ``mask_paths`` (None for normal samples), ``labels`` (1 = anomalous),
         ``defect_types``, ``category``, ``dataset`` (``"mvtec3d"``), ``split``
         and ``root``. Order as in :func:`load_mvtec`. Read masks with
@@ -168,6 +170,7 @@ def load_mvtec3d(root, category, split="test"):
             "<split>/<defect>/{rgb,xyz,gt}/NNN.{png,tiff,png} (MVTec 3D-AD)"
         )
     return Bunch(
+        samples=[(str(r[1]), str(r[2])) for r in records],
         paths=[str(r[1]) for r in records],
         xyz_paths=[str(r[2]) for r in records],
         mask_paths=[None if r[3] is None else str(r[3]) for r in records],
