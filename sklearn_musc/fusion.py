@@ -102,8 +102,10 @@ class CrossModalDetector(OutlierMixin, BaseEstimator):
         Fused maps at the input size.
     rgb_maps_, xyz_maps_ : ndarray of shape (n_samples, H, W)
         Each modality's map (after CAE with ``fusion="cae"``).
+    rgb_patch_scores_, xyz_patch_scores_ : ndarray of shape (n_samples, grid_h, grid_w)
+        Each modality's patch scores (after CAE with ``fusion="cae"``).
     patch_scores_ : ndarray of shape (n_samples, grid_h, grid_w)
-        Fused patch scores (rgb + xyz).
+        Fused patch scores (their sum).
     labels_ : ndarray of shape (n_samples,)
         1 normal, -1 anomalous.
     threshold_ : float
@@ -190,8 +192,9 @@ class CrossModalDetector(OutlierMixin, BaseEstimator):
         tables = [fk.distance_tables(p[:n], p, True, self.device_) for p in pool]
         bounds = interval_bounds(len(pool[0]), self.topmin_min, self.topmin_max)
         out = self._scores(rgb, xyz, tables, bounds)
-        (self.patch_scores_, self.rgb_maps_, self.xyz_maps_, self.anomaly_maps_, self.anomaly_scores_,
-         salient) = out
+        ((self.rgb_patch_scores_, self.xyz_patch_scores_), self.rgb_maps_, self.xyz_maps_, self.anomaly_maps_,
+         self.anomaly_scores_, _) = out
+        self.patch_scores_ = self.rgb_patch_scores_ + self.xyz_patch_scores_
         self.input_size_, self.original_sizes_ = rgb.input_size, rgb.original_sizes
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
         self.anomaly_masks_ = defect_masks(self.anomaly_maps_, self.labels_)
@@ -211,7 +214,7 @@ class CrossModalDetector(OutlierMixin, BaseEstimator):
         maps = a2 + a3
         scores = maps.reshape(n, -1).max(axis=1)
         joined = np.concatenate([salient_features(rgb, s2), salient_features(xyz, s3)], axis=1) / np.sqrt(2.0)
-        return s2 + s3, a2, a3, maps, scores, joined
+        return (s2, s3), a2, a3, maps, scores, joined
 
     def _upsample(self, patch_scores, input_size):
         if input_size is None or tuple(input_size) == patch_scores.shape[1:]:
