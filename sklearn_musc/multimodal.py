@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import MultimodalFeatures
 from ._validation import input_tags
-from .preprocessing import read_image_size
+from .preprocessing import read_image_size, read_rgb
 
 __all__ = ["MultimodalTransformer"]
 
@@ -53,6 +53,13 @@ def check_pairs(rgb, xyz):
             )
 
 
+def _cloud_step(estimator):
+    """The estimator itself, or a Pipeline's first step, when it can tell the object's pixels."""
+    if hasattr(estimator, "steps"):
+        estimator = estimator.steps[0][1]
+    return estimator if hasattr(estimator, "foreground") else None
+
+
 class MultimodalTransformer(TransformerMixin, BaseEstimator):
     """Apply one transformer to the rgb images and another to the point clouds of the same samples.
 
@@ -74,6 +81,13 @@ class MultimodalTransformer(TransformerMixin, BaseEstimator):
     xyz : estimator
         Transformer of the point clouds, e.g.
         ``Pipeline([("pc", PointCloudPatchTransformer()), ("lnamd", LNAMDTransformer())])``.
+    rgb_background : {"keep", "black"}, default="keep"
+        "black" paints the rgb pixels outside the object black before the rgb
+        transformer sees them, the object being what the point-cloud
+        transformer keeps (its ``foreground``: off the background plane, in
+        the largest cluster), as MuSc-V2's preprocessing does; needs ``xyz``
+        to be a :class:`~sklearn_musc.PointCloudPatchTransformer` or a
+        Pipeline starting with one.
 
     Attributes
     ----------
@@ -96,15 +110,33 @@ class MultimodalTransformer(TransformerMixin, BaseEstimator):
     ((2, 2), (2, 2))
     """
 
-    def __init__(self, *, rgb=None, xyz=None):
+    def __init__(self, *, rgb=None, xyz=None, rgb_background="keep"):
         self.rgb = rgb
         self.xyz = xyz
+        self.rgb_background = rgb_background
 
     def _check(self):
         for name in ("rgb", "xyz"):
             est = getattr(self, name)
             if est is None or not hasattr(est, "transform"):
                 raise ValueError(f"{name} must be a transformer (an estimator with transform), got {est!r}")
+        if self.rgb_background not in ("keep", "black"):
+            raise ValueError(f"rgb_background must be 'keep' or 'black', got {self.rgb_background!r}")
+        if self.rgb_background == "black" and _cloud_step(self.xyz) is None:
+            raise ValueError("rgb_background='black' needs xyz to be a PointCloudPatchTransformer (or a Pipeline "
+                             "starting with one): its foreground says which pixels are the object")
+
+    def _rgb_input(self, rgb, xyz, cloud):
+        """The rgb items, with the background painted black when asked."""
+        if self.rgb_background == "keep":
+            return rgb
+        out = []
+        for i, (a, b) in enumerate(zip(rgb, xyz)):
+            name = str(b) if isinstance(b, (str, os.PathLike)) else f"<xyz array {i}>"
+            image = read_rgb(a, source=str(a) if isinstance(a, (str, os.PathLike)) else None)
+            image[~cloud.foreground(b, name)] = 0
+            out.append(image)
+        return out
 
     def fit(self, X, y=None):
         """Fit a clone of each transformer on its modality.
@@ -141,7 +173,9 @@ class MultimodalTransformer(TransformerMixin, BaseEstimator):
         rgb, xyz = _split_pairs(X)
         check_pairs(rgb, xyz)
         self.rgb_, self.xyz_ = clone(self.rgb), clone(self.xyz)
-        return MultimodalFeatures(rgb=self.rgb_.fit_transform(rgb), xyz=self.xyz_.fit_transform(xyz))
+        xyz_features = self.xyz_.fit_transform(xyz)
+        rgb = self._rgb_input(rgb, xyz, _cloud_step(self.xyz_))
+        return MultimodalFeatures(rgb=self.rgb_.fit_transform(rgb), xyz=xyz_features)
 
     def transform(self, X):
         """Both modalities' features of samples.
@@ -158,7 +192,8 @@ class MultimodalTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "rgb_")
         rgb, xyz = _split_pairs(X)
         check_pairs(rgb, xyz)
-        return MultimodalFeatures(rgb=self.rgb_.transform(rgb), xyz=self.xyz_.transform(xyz))
+        rgb_items = self._rgb_input(rgb, xyz, _cloud_step(self.xyz_))
+        return MultimodalFeatures(rgb=self.rgb_.transform(rgb_items), xyz=self.xyz_.transform(xyz))
 
     def __sklearn_tags__(self):
         return input_tags(super().__sklearn_tags__(), string=True)

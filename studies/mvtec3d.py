@@ -26,6 +26,7 @@ from sklearn_musc import (CrossModalDetector, LNAMDTransformer, MultimodalFeatur
                           masks_to_input)
 from sklearn_musc import _geometry as geo  # noqa: E402
 from sklearn_musc.datasets import load_masks, load_mvtec3d, read_xyz  # noqa: E402
+from sklearn_musc.preprocessing import read_rgb  # noqa: E402
 from sklearn_musc.metrics import image_ap, image_auroc, pixel_auroc, pro_score, pro_score_sampled  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -34,6 +35,7 @@ WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
 CACHE = Path(os.environ.get("MUSC_CACHE", "/tmp/musc-cache")) / "mvtec3d"
 SIZE = 224
 VARIANTS = {"grid": dict(tokens="grid"), "groups": dict(tokens="groups")}
+FINE = {"groups-p7": dict(tokens="groups", patch_size=7)}  # 32 x 32 patches: the 3D grid alone
 
 
 def vit():
@@ -42,7 +44,20 @@ def vit():
 
 
 def cloud(variant):
-    return PointCloudPatchTransformer(image_size=SIZE, patch_size=14, device="cpu", **VARIANTS[variant])
+    params = dict(image_size=SIZE, patch_size=14, device="cpu")
+    params.update({**VARIANTS, **FINE}[variant])
+    return PointCloudPatchTransformer(**params)
+
+
+def black_background(d):
+    """The rgb images with the pixels off the object (the 3D foreground) painted black."""
+    pc = cloud("grid").fit()
+    out = []
+    for rgb, xyz in d.samples:
+        image = read_rgb(rgb)
+        image[~pc.foreground(xyz)] = 0
+        out.append(image)
+    return out
 
 
 def cached(name, make):
@@ -68,7 +83,8 @@ def features():
     out = {}
     for split, d in (("test", test), ("val", val)):
         out[f"rgb-{split}"] = cached(f"rgb-{split}", lambda: vit().fit().transform(d.paths))
-        for v in VARIANTS:
+        out[f"rgbblack-{split}"] = cached(f"rgbblack-{split}", lambda: vit().fit().transform(black_background(d)))
+        for v in list(VARIANTS) + list(FINE):
             out[f"{v}-{split}"] = cached(f"{v}-{split}", lambda: cloud(v).fit().transform(d.xyz_paths))
     return out
 
@@ -84,7 +100,7 @@ def rows(pool=False):
     f = features()
     labels = test.labels
     lnamd = LNAMDTransformer(device="cpu")
-    sets = {k: clone(lnamd).fit_transform(v) for k, v in f.items()}
+    sets = {k: clone(lnamd).fit_transform(v) for k, v in f.items()}  # default LNAMD: r_list (1, 3, 5)
     out = []
 
     def single(name, key):
@@ -100,8 +116,10 @@ def rows(pool=False):
         return res
 
     single("rgb only (DINOv2 ViT-S/14)", "rgb")
+    single("rgb only, background black", "rgbblack")
     for v in VARIANTS:
         single(f"3D only (FPFH, {v})", v)
+    single("3D only (FPFH, groups, 32 x 32)", "groups-p7")
     for v in VARIANTS:
         for fusion in ("sum", "cae"):
             det = CrossModalDetector(fusion=fusion, device="cpu", novelty=pool)

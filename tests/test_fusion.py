@@ -174,8 +174,10 @@ def test_multimodal_pipeline_clones_grid_searches_and_caches(tmp_path, rng, monk
     def pipe(**params):
         p = Pipeline([
             ("features", MultimodalTransformer(
-                rgb=Pipeline([("vit", ViTPatchTransformer(**TINY_VIT)), ("lnamd", LNAMDTransformer(r_list=(1, 3), device="cpu"))]),
-                xyz=Pipeline([("pc", PointCloudPatchTransformer(image_size=56, remove_background=False)),
+                rgb=Pipeline([("vit", ViTPatchTransformer(**TINY_VIT)),
+                              ("lnamd", LNAMDTransformer(r_list=(1, 3), device="cpu"))]),
+                xyz=Pipeline([("pc", PointCloudPatchTransformer(image_size=56, remove_background=False,
+                                                                n_groups=64)),
                               ("lnamd", LNAMDTransformer(r_list=(1, 3), device="cpu"))]))),
             ("fuse", CrossModalDetector(device="cpu")),
             ("rscon", RsCINRescorer(k_list=(1, 2))),

@@ -94,7 +94,8 @@ def test_plane_removal_and_largest_cluster_keep_the_object():
 
 def test_transformer_shapes_background_channel_and_determinism():
     xyz, top = scene(hole=(slice(18, 22), slice(20, 24)))
-    pc = PointCloudPatchTransformer(image_size=48, patch_size=8, normal_radius=0.1, feature_radius=0.3)
+    pc = PointCloudPatchTransformer(tokens="grid", image_size=48, patch_size=8, normal_radius=0.1,
+                                    feature_radius=0.3)
     out = pc.fit_transform([xyz, xyz])
     assert out.tokens.shape == (2, 1, 6, 6, 34) and out.tokens.dtype == np.float32
     assert out.backbone == "pointcloud:fpfh-grid" and out.original_sizes == ((40, 48), (40, 48))
@@ -176,7 +177,8 @@ def test_pipeline_caches_the_point_cloud_features(tmp_path, monkeypatch):
     monkeypatch.setattr(PointCloudPatchTransformer, "transform", counting)
 
     def pipe():
-        pc = PointCloudPatchTransformer(image_size=48, patch_size=8, normal_radius=0.1, feature_radius=0.3)
+        pc = PointCloudPatchTransformer(tokens="grid", image_size=48, patch_size=8, normal_radius=0.1,
+                                        feature_radius=0.3)
         return Pipeline([("pc", pc),
                          ("lnamd", LNAMDTransformer(device="cpu")), ("msm", MutualScoringDetector(device="cpu"))],
                         memory=str(tmp_path))
@@ -209,5 +211,5 @@ def test_bad_point_clouds_get_one_line_errors_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"<array 0> has 0 object points left after the background removal"):
         pc.transform([flat])
     with pytest.raises(ValueError, match="tokens='groups'"):
-        PointCloudPatchTransformer(features="point_mae").fit()
+        PointCloudPatchTransformer(features="point_mae", tokens="grid").fit()
     assert read_xyz(xyz).dtype == np.float32
