@@ -44,6 +44,8 @@ def ransac_plane(points, distance, n_sample, n_iter, rng):
     plane is refitted on its inliers.
     """
     picks = rng.randint(0, len(points), size=(n_iter, n_sample))
+    # the trials are compared on at most 2000 of the points (the winner is refitted on all its inliers)
+    judges = points if len(points) <= 2000 else points[rng.choice(len(points), 2000, replace=False)]
     samples = points[picks]                                   # (n_iter, n_sample, 3)
     centres = samples.mean(axis=1)
     cov = np.einsum("tki,tkj->tij", samples - centres[:, None], samples - centres[:, None])
@@ -51,7 +53,7 @@ def ransac_plane(points, distance, n_sample, n_iter, rng):
     offsets = -np.einsum("ti,ti->t", normals, centres)
     counts = np.zeros(n_iter, dtype=np.int64)
     for start in range(0, n_iter, 64):                        # bounded memory: 64 trials at a time
-        d = np.abs(points @ normals[start:start + 64].T + offsets[start:start + 64])
+        d = np.abs(judges @ normals[start:start + 64].T + offsets[start:start + 64])
         counts[start:start + 64] = (d < distance).sum(axis=0)
     best = int(np.argmax(counts))
     inliers = np.abs(points @ normals[best] + offsets[best]) < distance
@@ -132,10 +134,18 @@ def farthest_point_sampling(points, n_centres):
     n_centres = min(n_centres, n)
     chosen = np.empty(n_centres, dtype=np.intp)
     nearest = np.full(n, np.inf)
+    cols = np.ascontiguousarray(points.T)  # (3, n): one pass per coordinate is faster than a row-wise sum
+    d = np.empty(n)
+    tmp = np.empty(n)
     current = 0
     for i in range(n_centres):
         chosen[i] = current
-        d = ((points - points[current]) ** 2).sum(axis=1)
+        np.subtract(cols[0], cols[0, current], out=d)
+        np.multiply(d, d, out=d)
+        for c in (1, 2):
+            np.subtract(cols[c], cols[c, current], out=tmp)
+            np.multiply(tmp, tmp, out=tmp)
+            np.add(d, tmp, out=d)
         np.minimum(nearest, d, out=nearest)
         current = int(np.argmax(nearest))
     return chosen
@@ -165,20 +175,28 @@ def ipg_groups(points, knn, group_size, start_size, flat_threshold, curvature_k)
     ``start_size`` nearest and grows by rounds: the candidates are the rest
     of its K-list, ranked by their distance to the nearest member, and the
     closest ``min(start_size, missing)`` distinct ones join. Growing along
-    the surface this way follows a bend instead of cutting across it.
+    the surface this way follows a bend instead of cutting across it. All
+    curved groups grow by the same counts, so each round runs on all of them
+    at once.
     """
-    G, K = knn.shape
     curvature = surface_variation(points, knn[:, 1:curvature_k])
     groups = knn[:, :group_size].copy()
-    for g in np.flatnonzero(curvature >= flat_threshold):
-        members = list(knn[g, :start_size])
-        candidates = knn[g, start_size:]
-        while len(members) < group_size and len(candidates):
-            d = np.sqrt(((points[candidates][:, None, :] - points[members][None, :, :]) ** 2).sum(-1)).min(axis=1)
-            take = np.argsort(d, kind="stable")[: min(start_size, group_size - len(members))]
-            members.extend(candidates[take])
-            candidates = np.delete(candidates, take)
-        groups[g, : len(members)] = members
+    curved = np.flatnonzero(curvature >= flat_threshold)
+    if len(curved) == 0 or start_size >= group_size:
+        return groups, curvature
+    members = knn[curved, :start_size]
+    candidates = knn[curved, start_size:]
+    rows = np.arange(len(curved))[:, None]
+    while members.shape[1] < group_size and candidates.shape[1] > 0:
+        n_add = min(start_size, group_size - members.shape[1], candidates.shape[1])
+        # distance of each candidate to its nearest member: (curved, candidates)
+        cand, memb = points[candidates], points[members]
+        sq = (cand**2).sum(-1)[:, :, None] + (memb**2).sum(-1)[:, None, :] - 2.0 * cand @ memb.transpose(0, 2, 1)
+        nearest = np.sqrt(np.maximum(sq.min(axis=2), 0.0))
+        order = np.argsort(nearest, axis=1, kind="stable")
+        members = np.concatenate([members, candidates[rows, order[:, :n_add]]], axis=1)
+        candidates = candidates[rows, np.sort(order[:, n_add:], axis=1)]  # the rest, in K-list order
+    groups[curved, : members.shape[1]] = members
     return groups, curvature
 
 

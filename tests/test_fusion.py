@@ -206,3 +206,19 @@ def test_rgb_and_xyz_of_different_sizes_are_refused(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match=r"xyz file '.*b\.tiff' does not exist"):
         union.fit_transform([(str(tmp_path / "a.png"), str(tmp_path / "b.tiff"))])
+
+
+def test_black_background_paints_the_pixels_off_the_object():
+    from sklearn.preprocessing import FunctionTransformer
+
+    cloud = dome(0)
+    cloud[:10] = 0  # no points in the first rows
+    image = np.full((56, 56, 3), 200, dtype=np.uint8)
+    union = MultimodalTransformer(rgb=FunctionTransformer(lambda X: np.stack(X)),
+                                  xyz=PointCloudPatchTransformer(image_size=56, remove_background=False, n_groups=32),
+                                  rgb_background="black")
+    out = union.fit_transform([(image, cloud)])
+    assert (out.rgb[0, :10] == 0).all() and (out.rgb[0, 10:] == 200).all()
+    with pytest.raises(ValueError, match="rgb_background='black' needs xyz to be a PointCloudPatchTransformer"):
+        MultimodalTransformer(rgb=FunctionTransformer(), xyz=FunctionTransformer(),
+                              rgb_background="black").fit([(image, cloud)])
