@@ -58,31 +58,37 @@ def test_missing_files_are_named(tmp_path):
         load_mvtec3d(tmp_path, "cable")
 
 
-# A subset of the test split: 6 good samples and 2 of each defect type (16 of 108).
+# A subset of the test split: 6 good samples and 2 of each defect type (14 of 108), scored by a pool of the
+# first 8 validation goods (novelty mode). 87 of the 108 test samples are anomalous, so the test split alone
+# breaks mutual scoring's premise that most samples are normal (benchmarks/RESULTS.md, "3D and 2D + 3D").
 def subset():
     data = load_mvtec3d(ROOT, "cable_gland")
     idx = [i for i, k in enumerate(data.defect_types) if k == "good"][:6]
     for kind in ("bent", "cut", "hole", "thread"):
         idx += [i for i, k in enumerate(data.defect_types) if k == kind][:2]
     masks = masks_to_input(list(load_masks(data)[idx]), (224, 224)) > 0
-    return [data.samples[i] for i in idx], data.labels[idx], masks
+    pool = load_mvtec3d(ROOT, "cable_gland", "validation").samples[:8]
+    return [data.samples[i] for i in idx], data.labels[idx], masks, pool
 
 
 def test_3d_and_fusion_end_to_end_on_a_subset():
-    samples, labels, masks = subset()
+    samples, labels, masks, pool = subset()
     pc = PointCloudPatchTransformer(image_size=224, patch_size=14, device="cpu")
     vit = ViTPatchTransformer(backbone="timm:vit_small_patch14_dinov2", pretrained=str(WEIGHTS), image_size=224,
                               device="cpu", progress=False)
     union = MultimodalTransformer(rgb=Pipeline([("vit", vit), ("lnamd", LNAMDTransformer(device="cpu"))]),
                                   xyz=Pipeline([("pc", pc), ("lnamd", LNAMDTransformer(device="cpu"))]))
-    X = union.fit_transform(samples)
-    only3d = MutualScoringDetector(device="cpu").fit(X.xyz)
-    results = {"3d": (only3d.anomaly_scores_, only3d.anomaly_maps_)}
+    both = union.fit_transform(pool + samples)
+    P, X = both.take(range(len(pool))), both.take(range(len(pool), len(both)))
+    only3d = MutualScoringDetector(novelty=True, device="cpu").fit(P.xyz).transform(X.xyz)
+    results = {"3d": (only3d.scores, only3d.anomaly_maps)}
     for fusion in ("sum", "cae"):
-        det = CrossModalDetector(fusion=fusion, device="cpu").fit(X)
-        results[fusion] = (det.anomaly_scores_, det.anomaly_maps_)
+        out = CrossModalDetector(fusion=fusion, novelty=True, device="cpu").fit(P).transform(X)
+        results[fusion] = (out.scores, out.anomaly_maps)
     measured = {k: (image_auroc(labels, s), pixel_auroc(masks, m)) for k, (s, m) in results.items()}
-    # floors a little under the values measured on this subset (benchmarks/RESULTS.md, "3D and 2D + 3D")
-    floors = {"3d": (0.60, 0.90), "sum": (0.60, 0.93), "cae": (0.60, 0.93)}
+    # floors a little under the values measured on this subset (3D 0.333 / 0.910, sum 0.792 / 0.944,
+    # CAE 0.667 / 0.931); the 3D image AUROC is below chance on this category (BTF's full-shot FPFH: 0.534)
+    # and gets no floor
+    floors = {"3d": (0.0, 0.89), "sum": (0.72, 0.925), "cae": (0.60, 0.91)}
     for k, (i_auc, p_auc) in measured.items():
         assert i_auc >= floors[k][0] and p_auc >= floors[k][1], (k, measured)
