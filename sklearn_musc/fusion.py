@@ -8,14 +8,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _fusion_kernels as fk
 from ._batch import ImageScores, MultimodalFeatures, salient_features
 from ._device import resolve_device
 from ._msm import interval_bounds
-from ._threshold import defect_masks, threshold_scores
+from ._novelty import NoveltyMixin
+from .thresholds import defect_masks, threshold_scores
 from ._validation import CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags, validate_params
 
 __all__ = ["CrossModalDetector"]
@@ -54,7 +54,7 @@ def _flat(X):
     return _unit(X.features.reshape(n, S, h * w, C))
 
 
-class CrossModalDetector(OutlierMixin, BaseEstimator):
+class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     """Zero-shot anomaly detection of rgb + point-cloud samples by fused mutual scoring.
 
     Each modality is scored as :class:`MutualScoringDetector` scores it:
@@ -287,58 +287,8 @@ class CrossModalDetector(OutlierMixin, BaseEstimator):
             )
         return self._score_new(X)
 
-    def _novelty(self):
-        if not self.novelty:
-            raise AttributeError(
-                "score_samples, decision_function and predict score new samples: they are available with "
-                "novelty=True; without it, use fit_predict on the whole batch"
-            )
-        return True
-
-    @available_if(_novelty)
-    def score_samples(self, X):
-        """Opposite of the anomaly score of new samples, each scored by the pool alone.
-
-        Parameters
-        ----------
-        X : MultimodalFeatures
-            New samples.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-        """
-        return -self._score_new(X).scores
-
-    @available_if(_novelty)
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for anomalous samples.
-
-        Parameters
-        ----------
-        X : MultimodalFeatures
-            New samples.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-        """
-        return self.score_samples(X) - self.offset_
-
-    @available_if(_novelty)
-    def predict(self, X):
-        """Labels of new samples: 1 normal, -1 anomalous.
-
-        Parameters
-        ----------
-        X : MultimodalFeatures
-            New samples.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
+    def _anomaly_scores_new(self, X):
+        return self._score_new(X).scores
 
     def _score_new(self, X):
         check_is_fitted(self, "offset_")

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batch import MultimodalFeatures
 from ._validation import input_tags
-from .preprocessing import read_image_size, read_rgb
+from .images import read_image_size, read_rgb
 
 __all__ = ["MultimodalTransformer"]
 

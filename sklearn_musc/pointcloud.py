@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _geometry as geo
+from . import _pointcloud_kernels as geo
 from ._batch import PatchTokens
 from ._device import resolve_device
 from ._point_mae import PointMAEEncoder, load_point_mae_state

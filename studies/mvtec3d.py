@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn_musc import (CrossModalDetector, LNAMDTransformer, MultimodalFeatures,  # noqa: E402
                           MutualScoringDetector, PointCloudPatchTransformer, RsCINRescorer, ViTPatchTransformer,
                           masks_to_input)
-from sklearn_musc import _geometry as geo  # noqa: E402
+from sklearn_musc import _pointcloud_kernels as geo  # noqa: E402
 from sklearn_musc.datasets import load_masks, load_mvtec3d, read_xyz  # noqa: E402
-from sklearn_musc.preprocessing import read_rgb  # noqa: E402
+from sklearn_musc.images import read_rgb  # noqa: E402
 from sklearn_musc.metrics import image_ap, image_auroc, pixel_auroc, pro_score, pro_score_sampled  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -197,4 +197,8 @@ def cost(n=12):
 
 
 if __name__ == "__main__":
-    {"features": features, "table": table, "cost": cost}[sys.argv[1]]()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job", choices=("features", "table", "cost"))
+    {"features": features, "table": table, "cost": cost}[parser.parse_args().job]()

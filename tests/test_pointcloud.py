@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline
 
 import _reference_3d as ref
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, PointCloudPatchTransformer
-from sklearn_musc import _geometry as geo
+from sklearn_musc import _pointcloud_kernels as geo
 from sklearn_musc._point_mae import PointMAEEncoder
 from sklearn_musc.datasets import read_xyz
 
@@ -194,7 +194,7 @@ def test_bad_point_clouds_get_one_line_errors_naming_them(tmp_path):
     xyz, _ = scene()
     nan = xyz.copy()
     nan[3, 4, 1] = np.nan
-    tifffile.imwrite(tmp_path / "nan.tiff", nan)
+    tifffile.imwrite(tmp_path / "nan.tiff", nan, photometric="minisblack")
     pc = PointCloudPatchTransformer(image_size=48, patch_size=8).fit()
     cases = [
         ([str(tmp_path / "nan.tiff")], ValueError, r"nan\.tiff.*NaN or infinite.*row 3, column 4"),

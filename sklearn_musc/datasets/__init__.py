@@ -38,8 +38,7 @@ objects with scratches, spots and missing parts) for demos and tests, and
 """
 
 from ._masks import load_masks
-from ._mvtec3d import load_mvtec3d, read_xyz
-from ._readers import list_categories, load_btad, load_mvtec, load_visa
+from ._readers import list_categories, load_btad, load_mvtec, load_mvtec3d, load_visa, read_xyz
 from ._synthetic import make_synthetic_defects, save_synthetic_defects
 
 __all__ = [
