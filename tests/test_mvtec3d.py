@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
 
-from conftest import SHARED
+from _helpers import SHARED
 from sklearn_musc import (CrossModalDetector, LNAMDTransformer, MultimodalTransformer, MutualScoringDetector,
                           PointCloudPatchTransformer, ViTPatchTransformer, masks_to_input)
 from sklearn_musc.datasets import list_categories, load_masks, load_mvtec3d, read_xyz
