@@ -239,7 +239,17 @@ class MultimodalFeatures(_BatchMixin):
         return self.rgb.n_images
 
     def take(self, indices):
-        """Return the batch restricted (and reordered) to ``indices``."""
+        """Return the batch restricted (and reordered) to ``indices``.
+
+        Parameters
+        ----------
+        indices : array-like of int
+            The samples to keep, in this order.
+
+        Returns
+        -------
+        batch : MultimodalFeatures
+        """
         return replace(self, rgb=self.rgb.take(indices), xyz=self.xyz.take(indices))
 
     def __repr__(self):

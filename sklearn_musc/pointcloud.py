@@ -325,7 +325,7 @@ class PointCloudPatchTransformer(TransformerMixin, BaseEstimator):
         -------
         tokens : PatchTokens
             ``tokens.tokens`` of shape (n_samples, n_layers, grid_h, grid_w,
-            token_dim_), float32, plus ``input_size``, ``original_sizes``
+            ``token_dim_``), float32, plus ``input_size``, ``original_sizes``
             (each cloud's (H, W)), ``layers``, ``sources`` and ``backbone``;
             no image embeddings (RsCIN uses the salient features).
         """
