@@ -52,7 +52,7 @@ numpydoc_show_class_members = False
 numpydoc_validation_checks = {"GL08", "PR01", "PR02", "PR07"}
 # the batch dataclasses document their fields, which are also their
 # constructor's parameters, as Attributes
-numpydoc_validation_exclude = {r"^sklearn_musc\.(PatchTokens|FeatureSets|ImageScores)$"}
+numpydoc_validation_exclude = {r"^sklearn_musc\.(PatchTokens|FeatureSets|ImageScores|MultimodalFeatures)$"}
 
 html_theme = "alabaster"
 html_title = f"sklearn-musc {release}"

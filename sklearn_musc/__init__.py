@@ -8,13 +8,16 @@ neighbours (:class:`RsCINRescorer`). :func:`~sklearn_musc.presets.make_musc_pipe
 builds the four steps with a named preset's settings (the paper's, per dataset).
 """
 
-from ._batch import FeatureSets, ImageScores, PatchTokens
+from ._batch import FeatureSets, ImageScores, MultimodalFeatures, PatchTokens
 from .aggregation import LNAMDTransformer
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from .features import ViTPatchTransformer
+from .fusion import CrossModalDetector
 from .geometry import maps_to_original, masks_to_input, masks_to_original
 from .images import ImageFiles
 from .monitoring import DriftMonitor
+from .multimodal import MultimodalTransformer
+from .pointcloud import PointCloudPatchTransformer
 from .presets import available_presets, make_musc_pipeline
 from .rescoring import RsCINRescorer
 from .scoring import MutualScoringDetector
@@ -22,13 +25,17 @@ from .scoring import MutualScoringDetector
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CrossModalDetector",
     "DriftMonitor",
     "FeatureSets",
     "ImageFiles",
     "ImageScores",
     "LNAMDTransformer",
+    "MultimodalFeatures",
+    "MultimodalTransformer",
     "MutualScoringDetector",
     "PatchTokens",
+    "PointCloudPatchTransformer",
     "RsCINRescorer",
     "ViTPatchTransformer",
     "available_presets",

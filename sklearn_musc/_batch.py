@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["PatchTokens", "FeatureSets", "ImageScores"]
+__all__ = ["PatchTokens", "FeatureSets", "ImageScores", "MultimodalFeatures", "salient_features"]
 
 Size = Tuple[int, int]
 
@@ -217,3 +217,58 @@ class ImageScores(_BatchMixin):
     @property
     def n_images(self):
         return self.scores.shape[0]
+
+
+@dataclass(repr=False, eq=False)
+class MultimodalFeatures(_BatchMixin):
+    """The rgb and the 3D features of the same samples (output of ``MultimodalTransformer``).
+
+    Attributes
+    ----------
+    rgb : PatchTokens or FeatureSets
+        Features of the rgb images.
+    xyz : PatchTokens or FeatureSets
+        Features of the point clouds, sample for sample.
+    """
+
+    rgb: object
+    xyz: object
+
+    @property
+    def n_images(self):
+        return self.rgb.n_images
+
+    def take(self, indices):
+        """Return the batch restricted (and reordered) to ``indices``.
+
+        Parameters
+        ----------
+        indices : array-like of int
+            The samples to keep, in this order.
+
+        Returns
+        -------
+        batch : MultimodalFeatures
+        """
+        return replace(self, rgb=self.rgb.take(indices), xyz=self.xyz.take(indices))
+
+    def __repr__(self):
+        return f"MultimodalFeatures(rgb={self.rgb!r}, xyz={self.xyz!r})"
+
+
+def salient_features(X, patch_scores):
+    """MuSc-V2's anomaly-salient feature: each image's unit vector at its top patch.
+
+    Taken from ``X`` (:class:`FeatureSets`) at the second-to-last layer (the
+    last when there is one) and its smallest degree; ``patch_scores``
+    (n_images, grid_h, grid_w) says where the top patch is.
+    """
+    layers = sorted({layer for layer, _ in X.set_index})
+    layer = layers[-2] if len(layers) > 1 else layers[-1]
+    s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
+    n = X.n_images
+    top = patch_scores.reshape(n, -1).argmax(axis=1)
+    h, w = X.grid_size
+    vectors = X.features[np.arange(n), s, top // w, top % w].astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)

@@ -13,12 +13,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _msm, _msm_batch, _msm_fused
-from ._batch import FeatureSets, ImageScores
+from ._batch import FeatureSets, ImageScores, salient_features
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
 from ._progress import progress_bar
-from .interop import salient_features
 from .thresholds import defect_masks, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
@@ -661,7 +660,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             pvalues=pvalues,
             scores=scores,
             embeddings=X.embeddings,
-            salient_features=_salient_features(X, patch_scores),
+            salient_features=salient_features(X, patch_scores),
             sources=X.sources,
             anomaly_maps=maps,
             input_size=X.input_size,
@@ -969,15 +968,3 @@ def _plain(value):
     if isinstance(value, (tuple, list, np.ndarray)):
         return tuple(_plain(v) for v in value)
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _salient_features(X, patch_scores):
-    """MuSc-V2's anomaly-salient feature: each image's vector at its top patch.
-
-    Taken from the second-to-last layer (the last when there is one) at
-    its smallest degree.
-    """
-    layers = sorted({layer for layer, _ in X.set_index})
-    layer = layers[-2] if len(layers) > 1 else layers[-1]
-    s = min((r, i) for i, (lay, r) in enumerate(X.set_index) if lay == layer)[1]
-    return salient_features(X.features[:, s], patch_scores)  # a view: only the top patches are read

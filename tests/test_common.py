@@ -26,7 +26,8 @@ from sklearn.exceptions import SkipTestWarning
 from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 
-from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
+from sklearn_musc import (CrossModalDetector, LNAMDTransformer, MultimodalTransformer, MutualScoringDetector,
+                          PointCloudPatchTransformer, RsCINRescorer, ViTPatchTransformer)
 from sklearn_musc._validation import validate_params
 
 if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 6):
@@ -44,6 +45,9 @@ def _estimators():
         LNAMDTransformer(device="cpu"),
         MutualScoringDetector(device="cpu"),
         RsCINRescorer(),
+        PointCloudPatchTransformer(device="cpu"),
+        MultimodalTransformer(rgb=ViTPatchTransformer(**TINY_VIT), xyz=PointCloudPatchTransformer(device="cpu")),
+        CrossModalDetector(device="cpu"),
     ]
 
 
@@ -96,6 +100,9 @@ EXPECTED_FAILED_CHECKS = {
     "LNAMDTransformer": {},
     "MutualScoringDetector": {},
     "RsCINRescorer": _RSCIN_EXPECTED_FAILED,
+    "PointCloudPatchTransformer": {},
+    "MultimodalTransformer": {},
+    "CrossModalDetector": {},
 }
 
 
@@ -131,12 +138,14 @@ DATA_FREE_CHECKS = [
 
 
 @pytest.mark.parametrize("check", DATA_FREE_CHECKS)
-@pytest.mark.parametrize("estimator", _estimators()[:3], ids=lambda est: type(est).__name__)
+@pytest.mark.parametrize("estimator", [e for e in _estimators() if not isinstance(e, RsCINRescorer)],
+                         ids=lambda est: type(est).__name__)
 def test_api_checks_without_tables(estimator, check):
     getattr(estimator_checks, check)(type(estimator).__name__, clone(estimator))
 
 
-@pytest.mark.parametrize("estimator", _estimators()[:3], ids=lambda est: type(est).__name__)
+@pytest.mark.parametrize("estimator", [e for e in _estimators() if not isinstance(e, RsCINRescorer)],
+                         ids=lambda est: type(est).__name__)
 def test_check_estimator_skips_table_checks_instead_of_failing(estimator):
     """Issue 12: check_estimator crashed on the detector (transform without
     transformer tags) and ran tabular checks on image and token inputs."""
@@ -146,7 +155,10 @@ def test_check_estimator_skips_table_checks_instead_of_failing(estimator):
 
 
 def test_tags_say_what_each_estimator_takes_and_is():
-    vit, lnamd, msm, rscin = (get_tags(est) for est in _estimators())
+    vit, lnamd, msm, rscin, pc, union, cross = (get_tags(est) for est in _estimators())
+    assert pc.input_tags.string and not pc.input_tags.two_d_array and pc.transformer_tags is not None
+    assert union.input_tags.string and union.transformer_tags is not None
+    assert cross.estimator_type == "outlier_detector" and not cross.input_tags.two_d_array
     for tags in (vit, lnamd, msm):
         assert not tags.input_tags.two_d_array and tags.input_tags.three_d_array
     assert vit.input_tags.string  # paths
@@ -161,7 +173,8 @@ def test_tags_say_what_each_estimator_takes_and_is():
 # ----------------------------------------------------------------------------- parameters
 
 
-@pytest.mark.parametrize("cls", [ViTPatchTransformer, LNAMDTransformer, MutualScoringDetector, RsCINRescorer])
+@pytest.mark.parametrize("cls", [ViTPatchTransformer, LNAMDTransformer, MutualScoringDetector, RsCINRescorer,
+                                 PointCloudPatchTransformer, CrossModalDetector])
 def test_parameters_are_keyword_only_and_all_in_the_table(cls):
     est = cls()
     assert sorted(type(est)._parameter_constraints) == sorted(est.get_params())

@@ -26,6 +26,9 @@ Supported layouts
 * VisA (:func:`load_visa`): ``ROOT/<category>/Data/Images/{Normal,Anomaly}/*.JPG``,
   ``ROOT/<category>/Data/Masks/Anomaly/*.png`` and, optionally, the split file
   ``ROOT/split_csv/1cls.csv`` (columns ``object,split,label,image,mask``).
+* MVTec 3D-AD (:func:`load_mvtec3d`): ``ROOT/<category>/<split>/<defect>/{rgb,xyz,gt}/NNN.*``;
+  ``paths`` are the rgb images, ``xyz_paths`` the organized point clouds (read by
+  :func:`read_xyz` with ``tifffile``; 0 = no point).
 * BTAD (:func:`load_btad`): ``ROOT/<category>/test/{ok,ko}/*.{bmp,png}`` and
   ``ROOT/<category>/ground_truth/ko/<stem>.{png,bmp}``.
 
@@ -35,7 +38,7 @@ objects with scratches, spots and missing parts) for demos and tests, and
 """
 
 from ._masks import load_masks
-from ._readers import list_categories, load_btad, load_mvtec, load_visa
+from ._readers import list_categories, load_btad, load_mvtec, load_mvtec3d, load_visa, read_xyz
 from ._synthetic import make_synthetic_defects, save_synthetic_defects
 
 __all__ = [
@@ -43,7 +46,9 @@ __all__ = [
     "load_btad",
     "load_masks",
     "load_mvtec",
+    "load_mvtec3d",
     "load_visa",
     "make_synthetic_defects",
+    "read_xyz",
     "save_synthetic_defects",
 ]
