@@ -71,3 +71,15 @@ def test_the_cli_announces_and_no_progress_silences_every_bar(images, tmp_path, 
     assert "estimated time on the CPU: about" in err
     for bar in ("ViT forward:", "LNAMD:", "mutual scoring:"):
         assert (bar in err) != no_progress, bar
+
+
+def test_scoring_new_images_against_a_large_pool_is_announced():
+    lines = []
+    vit = paper_vit()
+    seconds = estimate.announce_new(vit, 4, 10, 200, lines.append, rate=50e9)
+    tokens = 37 * 37 + 1
+    expected = (estimate.vit_flops(10, 24, 1024, tokens) + 10 * 200 * 4 * 2 * (37 * 37) ** 2 * 1024) / 50e9
+    assert math.isclose(seconds, expected)
+    assert len(lines) == 1 and "10 new images against the pool of 200" in lines[0]
+    assert estimate.announce_new(vit, 4, 1, 2, lines.append, rate=50e9) < estimate.LONG and len(lines) == 1
+    assert estimate.announce_new(paper_vit("cuda"), 4, 10, 200, lines.append) is None

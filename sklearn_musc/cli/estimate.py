@@ -97,3 +97,26 @@ def announce(vit, lnamd, n_images, n_refs, max_subset_size, stage, rate=None):
         line += "; faster, if acceptable: " + ", ".join(f"{opt} (about {_duration(sum(t))})" for opt, t in faster)
     stage(line)
     return a + b
+
+
+def announce_new(vit, n_sets, n_new, n_pool, stage, rate=None):
+    """``score --model``: the estimate of scoring ``n_new`` images against a pool of ``n_pool`` on a CPU.
+
+    Each new image needs the ViT forward and one product with every pool
+    image per feature set (new images never score each other); printed when
+    long, with the faster setting it can take (fewer images per call does
+    not help: the cost is per image). Returns the seconds or None.
+    """
+    if vit.device_.type != "cpu":
+        return None
+    rate = rate or matmul_rate()
+    patches = vit.grid_size_[0] * vit.grid_size_[1]
+    a = vit_flops(n_new, vit.n_blocks_, vit.token_dim_, patches + vit.n_prefix_tokens_) / rate
+    b = n_new * n_pool * n_sets * 2 * patches**2 * vit.token_dim_ / rate
+    if a + b < LONG:
+        return a + b
+    stage(f"estimated time on the CPU: about {_duration(a + b)} for {n_new} new images against the pool of "
+          f"{n_pool} (ViT forward {_duration(a)}, scoring {_duration(b)}, at the {rate / 1e9:.0f} GFLOP/s float32 "
+          "matmul rate measured now); a model fitted on fewer references, a smaller --image-size or ViT-S "
+          "scores faster")
+    return a + b

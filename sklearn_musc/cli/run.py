@@ -31,7 +31,7 @@ from ..conformal import min_calibration_size
 from ..monitoring import DriftMonitor
 from ..images import ImageFiles
 from .errors import InputError, WeightsUnavailable, one_line, running
-from .estimate import announce
+from .estimate import announce, announce_new
 from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
 from .outputs import OutputFolder, ScoreResults
 
@@ -332,6 +332,8 @@ def run_score_model(args):
     pipe.set_params(vit__device=str(device), vit__batch_size=args.batch_size,
                     vit__progress=not args.no_progress, lnamd__device=str(device), msm__device=str(device),
                     lnamd__progress=not args.no_progress, msm__progress=not args.no_progress)
+    pool = pipe["msm"].pool_
+    announce_new(pipe["vit"], pool.features.shape[1], len(paths), pool.n_images, stage)
     settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
                 "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
                 "device": str(device), "alpha": pipe["msm"].get_params().get("alpha"),
