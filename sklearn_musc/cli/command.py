@@ -9,17 +9,18 @@ from .demo import DEMO_BACKBONE, run_demo
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, RunFailed, WeightsUnavailable
 from .errors import one_line
 from .options import MODEL_OPTIONS, PRESET, add_model_options, level, pretrained
-from .run import run_fit, run_score, run_score_model
+from .run import DEFAULT_FUSION, DEFAULT_MODALITY, FUSIONS, MODALITIES, run_fit, run_score, run_score_model
 
 EPILOG = """\
 outputs (in --out): scores.csv, summary.json, report.html, overlays/<name>.png,
 maps/<name>.npy (float32 at the model input size), masks/ when masks exist;
-<name> is the image's path under DIR, suffix kept (sub/x.jpg -> overlays/sub/x.jpg.png).
+<name> is the image's path under DIR, suffix kept (sub/x.jpg -> overlays/sub/x.jpg.png);
+with point clouds, <name> is the rgb image's (cut/rgb/000.png), drawn on it.
 Hidden files and folders, the output folder and earlier runs' output folders are
 never read as input. A folder holding an earlier run is refused unless --overwrite.
 
 exit status: 0 success; 2 bad usage or input (an option, the input or output
-folder, an unreadable image, the weights file or backbone name) -- nothing was
+folder, an unreadable image or point cloud, the weights file or backbone name) -- nothing was
 computed or written; 3 failure while running (weights not available offline, out
 of memory, any other error; run again with --debug for the traceback);
 130 interrupted (Ctrl-C): no output file is left half written.
@@ -60,6 +61,15 @@ def build_parser():
     decide.add_argument("--drift-level", type=level("drift level"), default=0.01,
                         help="with --model: false-alarm level of the drift alarm over the new images, in name "
                              "order (default %(default)s)")
+    three = score.add_argument_group(
+        "3D (a folder with point clouds: MVTec 3D-AD's <defect>/{rgb,xyz,gt}/, or xyz TIFFs beside the images "
+        "of the same stem)")
+    three.add_argument("--modality", choices=MODALITIES, default=None,
+                       help=f"what is scored: the rgb images, the point clouds (3d), or both fused (default "
+                            f"{DEFAULT_MODALITY} when DIR holds point clouds, else rgb)")
+    three.add_argument("--fusion", choices=FUSIONS, default=None,
+                       help=f"with --modality rgb+3d: add the two anomaly maps (sum), or MuSc-V2's cross-modal "
+                            f"enhancement (cae) (default {DEFAULT_FUSION})")
     add_model_options(score, backbone=PRESET["vit__backbone"], image_size=PRESET["vit__image_size"])
     score.set_defaults(model_defaults={o: score.get_default(o) for o in MODEL_OPTIONS})
     fit = sub.add_parser(
@@ -104,6 +114,9 @@ def main(argv=None):
             if args.references is not None or args.fdr is not None:
                 raise InputError("--references and --fdr calibrate a batch scored without --model; a model's "
                                  "pool is its calibration (fit it with --alpha)")
+            if args.modality is not None or args.fusion is not None:
+                raise InputError("--modality and --fusion are for a batch scored without --model (a model "
+                                 "scores rgb images)")
             run_score_model(args)
         else:
             if len(args.targets) != 1 or Path(args.targets[0]).is_file():

@@ -62,11 +62,15 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
+def _n_sets(vit, lnamd):
+    return len(vit.layers_) * (1 if lnamd.aggregation == "similarity" else len(lnamd.r_list))
+
+
 def announce(vit, lnamd, n_images, n_refs, max_subset_size, stage, rate=None):
     """Print the estimate of a CPU run (``stage``: the line printer) when it is long; returns the seconds or None."""
     if vit.device_.type != "cpu":
         return None
-    n_sets = len(vit.layers_) * (1 if lnamd.aggregation == "similarity" else len(lnamd.r_list))
+    n_sets = _n_sets(vit, lnamd)
     rate = rate or matmul_rate()
     common = dict(prefix=vit.n_prefix_tokens_, max_subset_size=max_subset_size, rate=rate)
     a, b = estimate(n_images, n_refs, n_sets, depth=vit.n_blocks_, width=vit.token_dim_, grid=vit.grid_size_,
@@ -120,3 +124,30 @@ def announce_new(vit, n_sets, n_new, n_pool, stage, rate=None):
           "matmul rate measured now); a model fitted on fewer references, a smaller --image-size or ViT-S "
           "scores faster")
     return a + b
+
+
+def announce_clouds(seconds_per_cloud, n_clouds, stage, vit=None, lnamd=None, rate=None):
+    """The estimate of a run with point clouds; printed when long, returns the seconds.
+
+    The 3D features (plane, cluster, FPFH, groups: not matrix products) are
+    timed on the first cloud and counted ``n_clouds`` times (batch and
+    references). With the rgb images too (``vit``): the ViT forward as
+    :func:`announce` counts it, and the fused scoring as two mutual
+    scorings of the rgb features (the distance tables of both modalities,
+    the 3D ones of the same size).
+    """
+    clouds = seconds_per_cloud * n_clouds
+    a = b = 0.0
+    if vit is not None and vit.device_.type == "cpu":
+        rate = rate or matmul_rate()
+        a, b = estimate(n_clouds, 0, _n_sets(vit, lnamd), depth=vit.n_blocks_, width=vit.token_dim_,
+                        grid=vit.grid_size_, prefix=vit.n_prefix_tokens_, rate=rate)
+        b *= 2
+    if clouds + a + b < LONG:
+        return clouds + a + b
+    line = (f"estimated time: about {_duration(clouds + a + b)} (3D features {_duration(clouds)}: "
+            f"{seconds_per_cloud:.2f} s per point cloud, as the first of {n_clouds} took")
+    if vit is not None and a + b:
+        line += f"; ViT forward {_duration(a)}, fused mutual scoring {_duration(b)} on the CPU"
+    stage(line + ")")
+    return clouds + a + b

@@ -12,6 +12,10 @@ unreadable file is reported at once:
   returns the unreadable ones with the reason.
 * :func:`display_name` is the name of an image in every output: its path
   relative to the input folder, POSIX separators, undecodable bytes replaced.
+* :func:`collect_samples` pairs rgb images with their organized point clouds
+  (MVTec 3D-AD's ``rgb/`` and ``xyz/`` folders, or an image and an xyz TIFF
+  of the same stem), and :func:`check_sample` reads both before any model
+  runs (finite coordinates, at least one point, the rgb image's size).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from ..images import IMAGE_SUFFIXES, upright
 from .errors import InputError
 
-__all__ = ["RUN_MANIFEST", "collect_images", "check_readable", "display_name",
-           "Unreadable"]
+__all__ = ["RUN_MANIFEST", "XYZ_SUFFIXES", "Sample", "Unreadable", "check_readable", "check_sample",
+           "collect_images", "collect_samples", "display_name"]
 
 #: A hidden file in every output folder, listing the files the run wrote. A
 #: folder holding it is never read as input.
@@ -148,4 +152,129 @@ def _why_unreadable(path):
         return "not an image PIL can read (unknown format, or not an image at all)"
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
         return f"cannot be decoded ({type(exc).__name__}: {exc})"
+    return None
+
+
+# --------------------------------------------------------------------------- 3D samples
+
+#: Suffixes of the organized point clouds (MVTec 3D-AD's ``xyz`` TIFFs).
+XYZ_SUFFIXES = (".tiff", ".tif")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One rgb image and its organized point cloud (None when only the rgb image is used)."""
+
+    rgb: Path
+    xyz: Path | None
+    name: str
+    xyz_name: str | None
+
+
+def _is_cloud_tiff(path):
+    """Whether a TIFF holds an organized point cloud: floating-point values of shape (H, W, 3)."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), series.dtype
+    except Exception:  # noqa: BLE001 - not readable as a cloud: checked as an image
+        return False
+    return len(shape) == 3 and shape[-1] == 3 and dtype.kind == "f"
+
+
+def collect_samples(root, out=None, need_xyz=True):
+    """The (rgb, xyz) samples under ``root``, or None when it holds no point cloud.
+
+    The pairing rule, the same stem in one of two layouts:
+
+    * MVTec 3D-AD: a folder ``xyz/`` beside a folder ``rgb/`` (e.g.
+      ``test/cut/{rgb,xyz,gt}/``): ``rgb/000.png`` goes with ``xyz/000.tiff``;
+      the ``gt/`` folder beside them holds ground truth and is never read;
+    * anywhere else: a TIFF of floating-point values of shape (H, W, 3) is a
+      point cloud, and goes with the image of the same stem in its folder
+      (``part7.png`` with ``part7.tiff``).
+
+    Once ``root`` holds a point cloud, every rgb image needs its cloud and
+    every cloud its rgb image (``need_xyz=False``: images without a cloud
+    are kept, for rgb-only scoring): a missing file is an InputError naming
+    the file that was expected. Hidden files, the output folder and earlier
+    runs' outputs are skipped as by :func:`collect_images`.
+
+    Returns
+    -------
+    samples : list of Sample or None
+        Sorted by the rgb image's display name.
+    """
+    root = Path(root)
+    files = collect_images(root, out)
+    xyz_dirs = {p.parent for p in files if p.parent.name == "xyz" and p.suffix.lower() in XYZ_SUFFIXES}
+    clouds, images = {}, {}  # (folder of the sample, stem) -> path
+    for path in files:
+        folder = path.parent
+        if folder.parent / "xyz" in xyz_dirs and folder != folder.parent / "xyz":
+            if folder.name == "gt":
+                continue  # ground truth beside the clouds
+            if folder.name == "rgb":
+                _add(images, (folder.parent, path.stem), path, root)
+                continue
+        if folder in xyz_dirs:
+            if path.suffix.lower() in XYZ_SUFFIXES:
+                _add(clouds, (folder.parent, path.stem), path, root)
+                continue
+        elif path.suffix.lower() in XYZ_SUFFIXES and _is_cloud_tiff(path):
+            _add(clouds, (folder, path.stem), path, root)
+            continue
+        _add(images, (folder, path.stem), path, root)
+    if not clouds:
+        return None
+    samples = []
+    for key in sorted(set(clouds) | set(images), key=lambda k: display_name(images.get(k) or clouds[k], root)):
+        rgb, xyz = images.get(key), clouds.get(key)
+        if rgb is None:
+            where = key[0] / "rgb" if key[0] / "xyz" in xyz_dirs else key[0]
+            raise InputError(f"point cloud {display_name(xyz, root)} has no rgb image: expected "
+                             f"{display_name(where, root)}/{key[1]}.png (or another image suffix)")
+        if xyz is None and need_xyz:
+            where = key[0] / "xyz" if key[0] / "xyz" in xyz_dirs else key[0]
+            raise InputError(f"image {display_name(rgb, root)} has no point cloud: expected "
+                             f"{display_name(where, root)}/{key[1]}.tiff (an organized xyz TIFF)")
+        samples.append(Sample(rgb, xyz, display_name(rgb, root), None if xyz is None else display_name(xyz, root)))
+    return samples
+
+
+def _add(found, key, path, root):
+    if key in found:
+        raise InputError(f"{display_name(found[key], root)} and {display_name(path, root)} have the same stem: "
+                         "which one belongs to the sample is ambiguous; rename one")
+    found[key] = path
+
+
+def check_sample(sample):
+    """Why a sample cannot be scored (its rgb image or its point cloud), or None.
+
+    The rgb image as :func:`check_readable`; the cloud read whole
+    (:func:`~sklearn_musc.datasets.read_xyz`: shape (H, W, 3), finite
+    coordinates, at least one point) and of the rgb image's size, since
+    they are registered pixel by pixel.
+    """
+    from ..datasets import read_xyz
+    from ..images import read_image_size
+
+    reason = _why_unreadable(sample.rgb)
+    if reason is not None:
+        return f"cannot read image {sample.name}: {reason}"
+    if sample.xyz is None:
+        return None
+    try:
+        cloud_size = read_xyz(sample.xyz, sample.xyz_name).shape[:2]
+    except ImportError as exc:
+        return str(exc).replace(repr(str(sample.xyz)), sample.xyz_name)
+    except (ValueError, OSError) as exc:
+        return str(exc).replace(repr(str(sample.xyz)), repr(sample.xyz_name)).splitlines()[0]
+    image_size = tuple(read_image_size(sample.rgb))
+    if image_size != tuple(cloud_size):
+        return (f"image {sample.name} is {image_size[0]} x {image_size[1]} but its point cloud {sample.xyz_name} "
+                f"is {cloud_size[0]} x {cloud_size[1]}; they must be registered pixel by pixel")
     return None

@@ -8,12 +8,17 @@
   pipeline, one stage line on stderr per step, into a
   :class:`~sklearn_musc.cli.outputs.ScoreResults`;
   :class:`~sklearn_musc.cli.outputs.OutputFolder` writes it.
+* :func:`compute_fused` scores rgb images and their point clouds together
+  (``--modality rgb+3d``: :class:`~sklearn_musc.CrossModalDetector`);
+  :func:`compute` with a point-cloud step scores the clouds alone
+  (``--modality 3d``).
 * :func:`run_score`, :func:`run_fit` and :func:`run_score_model` are the
   commands: check, compute (inside :func:`~sklearn_musc.cli.errors.running`,
   so that a library error there is a failure, exit 3), write.
 """
 
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -26,12 +31,18 @@ import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
 
+from sklearn.base import clone
+
+from .._batch import MultimodalFeatures
 from .._device import resolve_device
 from ..conformal import min_calibration_size
+from ..fusion import CrossModalDetector
 from ..monitoring import DriftMonitor
 from ..images import ImageFiles
+from ..pointcloud import PointCloudPatchTransformer
 from .errors import InputError, WeightsUnavailable, one_line, running
-from .estimate import announce, announce_new
+from .estimate import announce, announce_clouds, announce_new
+from .inputs import Sample, check_sample, collect_images, collect_samples
 from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
 from .outputs import OutputFolder, ScoreResults
 
@@ -96,17 +107,27 @@ def _timed_stage(timings, key, line, fn, *args):
     return out
 
 
-def compute(pipe, paths, names, *, skipped=(), settings=None, references=None):
-    """Run the fitted-backbone pipeline over the batch (with known-good ``references``); a ScoreResults."""
+def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, cloud=None, xyz=None,
+            ref_xyz=None):
+    """Run the fitted-backbone pipeline over the batch (with known-good ``references``); a ScoreResults.
+
+    With ``cloud`` (a fitted :class:`~sklearn_musc.PointCloudPatchTransformer`)
+    the point clouds ``xyz`` (and ``ref_xyz``) are scored in place of the
+    images; ``paths`` are still the rgb images the outputs are drawn on.
+    """
     vit, lnamd, msm, rscin = (pipe[k] for k in ("vit", "lnamd", "msm", "rscin"))
     timings = {}
     n = len(paths)
     start = time.perf_counter()
-    tokens = _timed_stage(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, "
-                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})"
-                          + (f" and of {len(references)} references" if references else ""),
-                          vit.transform, ImageFiles(paths))
-    ref_tokens = None if not references else vit.transform(ImageFiles(references))
+    if cloud is not None:
+        tokens, ref_tokens = _cloud_tokens(timings, cloud, xyz, ref_xyz, "[2/5]")
+        vit = cloud
+    else:
+        tokens = _timed_stage(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, "
+                              f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})"
+                              + (f" and of {len(references)} references" if references else ""),
+                              vit.transform, ImageFiles(paths))
+        ref_tokens = None if not references else vit.transform(ImageFiles(references))
     feats = _timed_stage(timings, "lnamd", f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})",
                   lnamd.fit_transform, tokens)
     ref_feats = None if ref_tokens is None else lnamd.fit_transform(ref_tokens)  # LNAMD's fit only checks shapes
@@ -137,17 +158,25 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None):
     )
 
 
-def _settings(args, pipe):
+def _settings(args, pipe, modality="rgb", cloud=None):
     vit = pipe["vit"]
-    return {
+    settings = {
         "backbone": vit.backbone_, "pretrained": None if args.weights is not None else pretrained(args),
         "weights": str(args.weights) if args.weights is not None else None,
         "image_size": list(vit.input_size_), "layers": list(vit.layers_),
+    } if modality != "3d" else {"backbone": None, "image_size": list(cloud.input_size_)}
+    settings.update({
         "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
         "contamination": args.contamination, "max_subset_size": args.max_subset_size,
-        "device": str(vit.device_), "batch_size": args.batch_size,
+        "device": str((cloud if modality == "3d" else vit).device_), "batch_size": args.batch_size,
         "references": None, "fdr": getattr(args, "fdr", None),
-    }
+    })
+    if getattr(args, "modality", None) is not None or cloud is not None:
+        settings["modality"] = modality
+    if cloud is not None:
+        settings.update(point_cloud=cloud.backbone_, patch_grid=list(cloud.grid_size_),
+                        fusion=(getattr(args, "fusion", None) or DEFAULT_FUSION) if modality == "rgb+3d" else None)
+    return settings
 
 
 def print_summary(results, seconds, contamination="auto", stream=None):
@@ -178,8 +207,8 @@ def print_summary(results, seconds, contamination="auto", stream=None):
         print(f"  {results.scores[i]:.3f}  {verdict:9s}  {results.names[i]}", file=stream)
 
 
-def _load_checked_backbone(args, pipe):
-    stage(f"[1/5] loading the backbone {args.backbone}")
+def _load_checked_backbone(args, pipe, total=5):
+    stage(f"[1/{total}] loading the backbone {args.backbone}")
     vit = load_backbone(pipe["vit"])
     r_max, grid = max(option(args, "r_list")), vit.grid_size_
     if r_max > 2 * min(grid) - 1:
@@ -194,26 +223,47 @@ def run_score(args, directory, pretrained):
     check_options(args)
     folder = OutputFolder(args.out, overwrite=args.overwrite)
     folder.check()
-    paths, names, skipped = collect_inputs(args, directory)
-    references = None
-    if getattr(args, "references", None):
-        references, _, ref_skipped = collect_inputs(args, args.references, minimum=1)
-        if ref_skipped:
-            raise InputError(f"cannot read reference {ref_skipped[0][0]}: {ref_skipped[0][1]} (references are "
-                             "never skipped: fix or remove it)")
-        overlap = set(map(os.path.realpath, references)) & set(map(os.path.realpath, paths))
-        if overlap:
-            raise InputError(f"{sorted(overlap)[0]} is both in the batch and among the --references: a "
-                             "reference cannot calibrate its own score")
+    modality = getattr(args, "modality", None)
+    samples = collect_samples(directory, args.out, need_xyz=modality != "rgb")
+    modality = _check_modality(args, samples is not None)
+    if samples is None:
+        paths, names, skipped = collect_inputs(args, directory)
+        references = _references(args, paths)
+        xyz = ref_xyz = None
+    else:
+        samples, skipped = _checked_samples(args, samples, directory)
+        refs = _reference_samples(args, samples, need_xyz=modality != "rgb")
+        paths, names, xyz = [s.rgb for s in samples], [s.name for s in samples], [s.xyz for s in samples]
+        references = None if refs is None else [s.rgb for s in refs]
+        ref_xyz = None if refs is None else [s.xyz for s in refs]
     pipe = build_pipeline(args, pretrained)
     t = time.perf_counter()
-    _load_checked_backbone(args, pipe)
+    cloud = None
+    if modality != "3d":
+        _load_checked_backbone(args, pipe, total=6 if modality == "rgb+3d" else 5)
+    if modality != "rgb":
+        vit = pipe["vit"] if modality == "rgb+3d" else None
+        if modality == "3d":
+            stage(f"[1/5] building the point-cloud step (FPFH, {_size_text(args.image_size)} px grid)")
+        cloud = _cloud_step(args, vit)
     load_seconds = time.perf_counter() - t
-    announce(pipe["vit"], pipe["lnamd"], len(paths), len(references or ()), args.max_subset_size, stage)
+    n_refs = len(references or ())
+    if cloud is None:
+        announce(pipe["vit"], pipe["lnamd"], len(paths), n_refs, args.max_subset_size, stage)
+    else:
+        t = time.perf_counter()
+        cloud.transform(xyz[:1])
+        announce_clouds(time.perf_counter() - t, len(paths) + n_refs, stage,
+                        *((pipe["vit"], pipe["lnamd"]) if modality == "rgb+3d" else ()))
     with running():
-        settings = _settings(args, pipe)
+        settings = _settings(args, pipe, modality, cloud)
         settings["references"] = None if references is None else len(references)
-        results = compute(pipe, paths, names, skipped=skipped, settings=settings, references=references)
+        if modality == "rgb+3d":
+            results = compute_fused(pipe, _fused_detector(args, pipe), cloud, paths, xyz, names, skipped=skipped,
+                                    settings=settings, references=references, ref_xyz=ref_xyz)
+        else:
+            results = compute(pipe, paths, names, skipped=skipped, settings=settings, references=references,
+                              cloud=cloud, xyz=xyz, ref_xyz=ref_xyz)
     results.timings = {"checks": t - t0, "load_backbone": load_seconds, **results.timings}
     print_summary(results, results.timings["scoring_total"], args.contamination)
     t = time.perf_counter()
@@ -222,6 +272,206 @@ def run_score(args, directory, pretrained):
           f"{', overlays/' if not args.no_overlays else ''}, maps/"
           f"{', masks/' if results.masks is not None else ''}) in {time.perf_counter() - t:.1f} s")
     return results
+
+
+def _references(args, paths):
+    """The --references image files of a 2D batch (never skipped, never in the batch)."""
+    if not getattr(args, "references", None):
+        return None
+    references, _, ref_skipped = collect_inputs(args, args.references, minimum=1)
+    if ref_skipped:
+        raise InputError(f"cannot read reference {ref_skipped[0][0]}: {ref_skipped[0][1]} (references are "
+                         "never skipped: fix or remove it)")
+    _check_no_overlap(references, paths)
+    return references
+
+
+def _check_no_overlap(references, paths):
+    overlap = set(map(os.path.realpath, references)) & set(map(os.path.realpath, paths))
+    if overlap:
+        raise InputError(f"{sorted(overlap)[0]} is both in the batch and among the --references: a "
+                         "reference cannot calibrate its own score")
+
+
+# --------------------------------------------------------------------------- point clouds
+
+MODALITIES = ("rgb", "3d", "rgb+3d")
+FUSIONS = ("sum", "cae")
+# The default of a folder with point clouds, and why: benchmarks/RESULTS.md, "3D and 2D + 3D".
+DEFAULT_MODALITY, DEFAULT_FUSION = "rgb+3d", "sum"
+_CLOUD_UNUSED = ("backbone", "pretrained", "weights", "layers")  # the ViT's options: not used by --modality 3d
+
+
+def _check_modality(args, has_clouds):
+    """The modality of the run (``--modality``, else rgb+3d with clouds, rgb without); usage errors."""
+    modality, fusion = getattr(args, "modality", None), getattr(args, "fusion", None)
+    if not has_clouds:
+        if modality in ("3d", "rgb+3d"):
+            raise InputError(f"--modality {modality} needs point clouds, and {args.targets[0]} holds none (xyz "
+                             "TIFFs in an xyz/ folder beside rgb/, or beside the image of the same stem)")
+        if fusion is not None:
+            raise InputError(f"--fusion joins rgb and 3D scores, and {args.targets[0]} holds no point cloud")
+        return "rgb"
+    modality = modality or DEFAULT_MODALITY
+    if fusion is not None and modality != "rgb+3d":
+        raise InputError(f"--fusion joins rgb and 3D scores: it needs --modality rgb+3d, not {modality}")
+    if modality != "rgb" and pipe_embedding(args) == "image":
+        raise InputError(f"--preset {args.preset} re-scores on the backbone's image embedding, which point "
+                         f"clouds do not have: use --preset default with --modality {modality}")
+    if modality == "rgb+3d":
+        if args.max_subset_size is not None:
+            raise InputError("--max-subset-size is not supported with --modality rgb+3d (the fused detector "
+                             "scores the whole batch): leave it out, or use --modality rgb or 3d")
+        if getattr(args, "fdr", None) is not None:
+            raise InputError("--fdr is not supported with --modality rgb+3d (the fused detector gives no "
+                             "p-values): use --modality rgb or 3d, or leave --fdr out (--references still "
+                             "join the scorers)")
+    if modality == "3d":
+        given = [o for o in _CLOUD_UNUSED if getattr(args, o) != args.model_defaults[o]]
+        if given:
+            raise InputError(f"--{given[0]} sets the ViT, which --modality 3d does not use (point clouds only)")
+    return modality
+
+
+def pipe_embedding(args):
+    """The RsCIN embedding the --preset asks for."""
+    from ..presets import PRESETS
+
+    return PRESETS[args.preset].get("rscin__embedding", "auto")
+
+
+def _size_text(size):
+    return f"{size} x {size}" if isinstance(size, int) else f"{size[0]} x {size[1]}"
+
+
+def _checked_samples(args, samples, root):
+    """The samples whose rgb image and cloud can be read (bad ones skipped or fatal), and the skipped ones."""
+    bad = [(s, reason) for s in samples if (reason := check_sample(s)) is not None]
+    skipped = []
+    if bad:
+        if not getattr(args, "skip_unreadable", False):
+            more = f" ({len(bad) - 1} more bad samples)" if len(bad) > 1 else ""
+            raise InputError(f"{bad[0][1]}{more}; fix or remove it, or pass --skip-unreadable")
+        skipped = [(s.name, reason) for s, reason in bad]
+        for name, reason in skipped:
+            print(f"skipping sample {name}: {reason}", file=sys.stderr)
+        dropped = {s.name for s, _ in bad}
+        samples = [s for s in samples if s.name not in dropped]
+    if len(samples) < 2:
+        raise InputError(f"found {len(samples)} readable sample(s) in {root}; mutual scoring needs 2 or more")
+    if args.max_subset_size is not None and len(samples) // math.ceil(len(samples) / args.max_subset_size) < 2:
+        raise InputError(f"{len(samples)} samples cannot be split into subsets of at most "
+                         f"{args.max_subset_size} with 2 or more each; raise --max-subset-size")
+    return samples, skipped
+
+
+def _reference_samples(args, batch, need_xyz):
+    """The --references of a batch with point clouds: samples as the batch's (folders), never skipped."""
+    if not getattr(args, "references", None):
+        return None
+    refs = []
+    for target in map(Path, args.references):
+        if target.is_file():
+            raise InputError(f"--references {target}: give folders (samples as the batch's: rgb/ and xyz/, or "
+                             "an image and an xyz TIFF of the same stem)")
+        found = collect_samples(target, args.out, need_xyz=need_xyz)
+        if found is None:
+            if need_xyz:
+                raise InputError(f"--references {target} holds no point cloud; the batch's samples have one "
+                                 "(give references of the same kind, or --modality rgb)")
+            found = [Sample(p, None, p.relative_to(target).as_posix(), None) for p in collect_images(target, args.out)]
+        refs += found
+    if not refs:
+        raise InputError(f"found no reference in {' '.join(args.references)}")
+    for ref in refs:
+        reason = check_sample(ref)
+        if reason is not None:
+            raise InputError(f"reference: {reason} (references are never skipped: fix or remove it)")
+    _check_no_overlap([r.rgb for r in refs], [s.rgb for s in batch])
+    return refs
+
+
+def _refuse_point_clouds(targets, out, command):
+    """``fit`` and ``score --model`` take images: a folder with point clouds is refused, not read as images."""
+    for target in map(Path, targets):
+        try:
+            found = target.is_dir() and collect_samples(target, out, need_xyz=False) is not None
+        except InputError:
+            found = True  # clouds without their images: point clouds all the same
+        if found:
+            raise InputError(f"{target} holds point clouds: '{command}' takes rgb images only; score samples with "
+                             "point clouds as one batch (sklearn-musc score DIR, known-good ones with --references)")
+
+
+def _cloud_step(args, vit=None):
+    """The fitted point-cloud step on the ViT's patch grid (``vit``), or on --image-size with 14-pixel patches."""
+    size = vit.input_size_ if vit is not None else args.image_size
+    patch = vit.patch_size_[0] if vit is not None else 14
+    return PointCloudPatchTransformer(image_size=size, patch_size=patch, device=args.device).fit()
+
+
+def _fused_detector(args, pipe):
+    """CrossModalDetector with the --preset's interval and the run's contamination and device."""
+    msm = pipe["msm"]
+    return CrossModalDetector(fusion=getattr(args, "fusion", None) or DEFAULT_FUSION, topmin_min=msm.topmin_min,
+                              topmin_max=msm.topmin_max, contamination=msm.contamination, device=msm.device)
+
+
+def _cloud_tokens(timings, cloud, xyz, ref_xyz, label):
+    """The 3D patch tokens of the batch and of the references (None); a cloud the step cannot use is bad input."""
+    refs = f" and of {len(ref_xyz)} references" if ref_xyz else ""
+    line = (f"{label} 3D patch tokens of {len(xyz)} point clouds{refs} ({cloud.backbone_}, "
+            f"{cloud.grid_size_[0]} x {cloud.grid_size_[1]} patches)")
+    try:
+        tokens = _timed_stage(timings, "pointcloud", line, cloud.transform, xyz)
+        ref_tokens = None if not ref_xyz else cloud.transform(ref_xyz)
+    except ValueError as exc:  # e.g. no object left after the background plane: the cloud, not the run
+        raise InputError(one_line(exc)) from None
+    return tokens, ref_tokens
+
+
+def compute_fused(pipe, detector, cloud, paths, xyz, names, *, skipped=(), settings=None, references=None,
+                  ref_xyz=None):
+    """rgb images and their point clouds scored together (``detector``: a CrossModalDetector); a ScoreResults."""
+    vit, lnamd, rscin = pipe["vit"], pipe["lnamd"], pipe["rscin"]
+    timings = {}
+    n = len(paths)
+    start = time.perf_counter()
+    xyz_tokens, ref_xyz_tokens = _cloud_tokens(timings, cloud, xyz, ref_xyz, "[2/6]")
+    tokens = _timed_stage(timings, "vit", f"[3/6] ViT patch tokens of {n} images ({vit.backbone_}, "
+                          f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})"
+                          + (f" and of {len(references)} references" if references else ""),
+                          vit.transform, ImageFiles(paths))
+    ref_tokens = None if not references else vit.transform(ImageFiles(references))
+    lnamd_xyz = clone(lnamd)  # LNAMD's fit only checks the shapes: each modality has its own
+
+    def aggregate(rgb, xyz_, ref_rgb, ref_xyz_):
+        X = MultimodalFeatures(rgb=lnamd.fit_transform(rgb), xyz=lnamd_xyz.fit_transform(xyz_))
+        R = None if ref_rgb is None else MultimodalFeatures(rgb=lnamd.fit_transform(ref_rgb),
+                                                             xyz=lnamd_xyz.fit_transform(ref_xyz_))
+        return X, R
+
+    X, R = _timed_stage(timings, "lnamd", f"[4/6] LNAMD aggregation of both (r_list {tuple(lnamd.r_list)})",
+                        aggregate, tokens, xyz_tokens, ref_tokens, ref_xyz_tokens)
+    del tokens, ref_tokens, xyz_tokens, ref_xyz_tokens
+    image_scores = _timed_stage(timings, "mutual_scoring", f"[5/6] fused mutual scoring of {n} samples "
+                                f"({detector.fusion} fusion of rgb and 3D)", detector.fit_transform, X, None, R)
+    del X, R
+    _timed_stage(timings, "rscin", f"[6/6] RsCIN re-scoring (k_list {tuple(rscin.k_list)}, joined rgb + 3D "
+                 "salient features)", rscin.fit, image_scores)
+    timings["scoring_total"] = time.perf_counter() - start
+    decision = None
+    if references:
+        decision = dict(rule="contamination", references=len(references),
+                        text=f"RsCIN's rule on its re-scored values; {len(references)} references joined the "
+                             "scorers (no p-values with --modality rgb+3d)")
+    return ScoreResults(
+        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
+        detector_scores=detector.anomaly_scores_, threshold=rscin.threshold_,
+        anomaly_maps=detector.anomaly_maps_, original_sizes=detector.original_sizes_,
+        input_size=vit.input_size_, masks=rscin.anomaly_masks_, settings=dict(settings or {}), timings=timings,
+        skipped=skipped, decision=decision,
+    )
 
 
 def run_fit(args):
@@ -234,6 +484,7 @@ def run_fit(args):
         raise InputError(f"--model {model} exists; pass --overwrite to replace it")
     if not model.parent.is_dir():
         raise InputError(f"--model {model}: the folder {model.parent} does not exist")
+    _refuse_point_clouds(args.references, args.out, "fit")
     paths, names, skipped = collect_inputs(args, args.references)
     if args.alpha is not None and len(paths) < min_calibration_size(args.alpha):
         raise InputError(f"--alpha {args.alpha:g} needs at least {min_calibration_size(args.alpha)} references "
@@ -325,6 +576,7 @@ def run_score_model(args):
                          f"--model {args.model}")
     folder = OutputFolder(args.out, overwrite=args.overwrite)
     folder.check()
+    _refuse_point_clouds(args.targets, args.out, "score --model")
     paths, names, skipped = collect_inputs(args, args.targets, minimum=1)
     stage(f"[1/4] loading the model {args.model}")
     pipe = load_model(args.model)
