@@ -272,7 +272,8 @@ def check_sample(sample):
     except ImportError as exc:
         return str(exc).replace(repr(str(sample.xyz)), sample.xyz_name)
     except (ValueError, OSError) as exc:
-        return str(exc).replace(repr(str(sample.xyz)), repr(sample.xyz_name)).splitlines()[0]
+        text = str(exc).replace(repr(str(sample.xyz)), repr(sample.xyz_name)).splitlines()[0]
+        return f"point cloud {text}" if text.startswith(repr(sample.xyz_name)) else text
     image_size = tuple(read_image_size(sample.rgb))
     if image_size != tuple(cloud_size):
         return (f"image {sample.name} is {image_size[0]} x {image_size[1]} but its point cloud {sample.xyz_name} "

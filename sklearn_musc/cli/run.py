@@ -210,11 +210,15 @@ def print_summary(results, seconds, contamination="auto", stream=None):
 def _load_checked_backbone(args, pipe, total=5):
     stage(f"[1/{total}] loading the backbone {args.backbone}")
     vit = load_backbone(pipe["vit"])
-    r_max, grid = max(option(args, "r_list")), vit.grid_size_
+    _check_r_list(args, vit.grid_size_)
+    return vit
+
+
+def _check_r_list(args, grid):
+    r_max = max(option(args, "r_list"))
     if r_max > 2 * min(grid) - 1:
         raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
                          f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
-    return vit
 
 
 def run_score(args, directory, pretrained):
@@ -246,6 +250,7 @@ def run_score(args, directory, pretrained):
         if modality == "3d":
             stage(f"[1/5] building the point-cloud step (FPFH, {_size_text(args.image_size)} px grid)")
         cloud = _cloud_step(args, vit)
+        _check_r_list(args, cloud.grid_size_)
     load_seconds = time.perf_counter() - t
     n_refs = len(references or ())
     if cloud is None:
