@@ -2,7 +2,9 @@
 
 import csv
 import json
+import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -222,7 +224,7 @@ def test_bad_sample_is_one_line_error_before_any_model(category, tmp_path, capsy
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sklearn-musc: error: ")
-    assert __import__("re").search(expected, lines[0]), lines[0]
+    assert re.search(expected, lines[0]), lines[0]
     assert not any((out / f).exists() for f in TOP) and not (out / "maps").exists()
 
 
@@ -298,7 +300,7 @@ def test_long_3d_run_is_announced(category, tmp_path, capsys, monkeypatch):
     rc, _, err = run(capsys, "score", category / "test", "--out", tmp_path / "out", *VIT)
     assert rc == 0, err
     line = next(x for x in err.splitlines() if x.startswith("estimated time"))
-    assert "3D features" in line and "per point cloud, as the first of 6 took" in line
+    assert "3D features" in line and "per point cloud, as one of the 6 took" in line
     assert "ViT forward" in line and "fused mutual scoring" in line
 
 
@@ -348,3 +350,11 @@ def test_cable_gland_subset_as_the_library_scores_it(tmp_path, capsys):
     np.testing.assert_allclose([float(r["msm_score"]) for r in rows], det.anomaly_scores_, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.load(out / "maps" / f"{names[4]}.npy"), det.anomaly_maps_[4], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_missing_open3d_is_a_usage_error(category, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open3d", None)  # import open3d raises ImportError
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "score", category / "test", "--out", out, "--modality", "3d", *SMALL)
+    assert rc == 2 and "point clouds need open3d (pip install 'sklearn-musc[3d]'" in err
+    assert not any((out / f).exists() for f in TOP)

@@ -21,7 +21,7 @@ never read as input. A folder holding an earlier run is refused unless --overwri
 
 exit status: 0 success; 2 bad usage or input (an option, the input or output
 folder, an unreadable image or point cloud, the weights file or backbone name) -- nothing was
-computed or written; 3 failure while running (weights not available offline, out
+written; 3 failure while running (weights not available offline, out
 of memory, any other error; run again with --debug for the traceback);
 130 interrupted (Ctrl-C): no output file is left half written.
 """

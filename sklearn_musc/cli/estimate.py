@@ -130,8 +130,8 @@ def announce_clouds(seconds_per_cloud, n_clouds, stage, vit=None, lnamd=None, ra
     """The estimate of a run with point clouds; printed when long, returns the seconds.
 
     The 3D features (plane, cluster, FPFH, groups: not matrix products) are
-    timed on the first cloud and counted ``n_clouds`` times (batch and
-    references). With the rgb images too (``vit``): the ViT forward as
+    timed on one cloud (the second: the first pays for imports) and counted
+    ``n_clouds`` times (batch and references). With the rgb images too (``vit``): the ViT forward as
     :func:`announce` counts it, and the fused scoring as two mutual
     scorings of the rgb features (the distance tables of both modalities,
     the 3D ones of the same size).
@@ -146,7 +146,7 @@ def announce_clouds(seconds_per_cloud, n_clouds, stage, vit=None, lnamd=None, ra
     if clouds + a + b < LONG:
         return clouds + a + b
     line = (f"estimated time: about {_duration(clouds + a + b)} (3D features {_duration(clouds)}: "
-            f"{seconds_per_cloud:.2f} s per point cloud, as the first of {n_clouds} took")
+            f"{seconds_per_cloud:.2f} s per point cloud, as one of the {n_clouds} took")
     if vit is not None and a + b:
         line += f"; ViT forward {_duration(a)}, fused mutual scoring {_duration(b)} on the CPU"
     stage(line + ")")
