@@ -358,3 +358,13 @@ def test_missing_open3d_is_a_usage_error(category, tmp_path, capsys, monkeypatch
     rc, _, err = run(capsys, "score", category / "test", "--out", out, "--modality", "3d", *SMALL)
     assert rc == 2 and "point clouds need open3d (pip install 'sklearn-musc[3d]'" in err
     assert not any((out / f).exists() for f in TOP)
+
+
+def test_two_images_of_one_stem_beside_a_cloud_are_ambiguous(tmp_path, capsys, no_model):
+    folder = tmp_path / "line"
+    for i in range(3):
+        write_sample(folder, f"part{i}", i, layout="side")
+    rgb(0).save(folder / "part1.jpg")
+    rc, _, err = run(capsys, "score", folder, "--out", tmp_path / "out", "--modality", "3d", *SMALL)
+    assert rc == 2 and "part1.jpg and part1.png have the same stem: which one belongs to the sample is ambiguous" \
+        in err

@@ -210,28 +210,28 @@ def collect_samples(root, out=None, need_xyz=True):
     root = Path(root)
     files = collect_images(root, out)
     xyz_dirs = {p.parent for p in files if p.parent.name == "xyz" and p.suffix.lower() in XYZ_SUFFIXES}
-    clouds, images = {}, {}  # (folder of the sample, stem) -> path
+    clouds, images = {}, {}  # (folder of the sample, stem) -> paths
     for path in files:
         folder = path.parent
         if folder.parent / "xyz" in xyz_dirs and folder != folder.parent / "xyz":
             if folder.name == "gt":
                 continue  # ground truth beside the clouds
             if folder.name == "rgb":
-                _add(images, (folder.parent, path.stem), path, root)
+                images.setdefault((folder.parent, path.stem), []).append(path)
                 continue
         if folder in xyz_dirs:
             if path.suffix.lower() in XYZ_SUFFIXES:
-                _add(clouds, (folder.parent, path.stem), path, root)
+                clouds.setdefault((folder.parent, path.stem), []).append(path)
                 continue
         elif path.suffix.lower() in XYZ_SUFFIXES and _is_cloud_tiff(path):
-            _add(clouds, (folder, path.stem), path, root)
+            clouds.setdefault((folder, path.stem), []).append(path)
             continue
-        _add(images, (folder, path.stem), path, root)
+        images.setdefault((folder, path.stem), []).append(path)
     if not clouds:
         return None
     samples = []
-    for key in sorted(set(clouds) | set(images), key=lambda k: display_name(images.get(k) or clouds[k], root)):
-        rgb, xyz = images.get(key), clouds.get(key)
+    for key in sorted(set(clouds) | set(images), key=lambda k: display_name((images.get(k) or clouds[k])[0], root)):
+        rgb, xyz = _one(images, key, root), _one(clouds, key, root)
         if rgb is None:
             where = key[0] / "rgb" if key[0] / "xyz" in xyz_dirs else key[0]
             raise InputError(f"point cloud {display_name(xyz, root)} has no rgb image: expected "
@@ -244,11 +244,15 @@ def collect_samples(root, out=None, need_xyz=True):
     return samples
 
 
-def _add(found, key, path, root):
-    if key in found:
-        raise InputError(f"{display_name(found[key], root)} and {display_name(path, root)} have the same stem: "
+def _one(found, key, root):
+    """The one file of a sample's key; two of one stem are ambiguous."""
+    paths = found.get(key)
+    if paths is None:
+        return None
+    if len(paths) > 1:
+        raise InputError(f"{display_name(paths[0], root)} and {display_name(paths[1], root)} have the same stem: "
                          "which one belongs to the sample is ambiguous; rename one")
-    found[key] = path
+    return paths[0]
 
 
 def check_sample(sample):
