@@ -4,8 +4,8 @@
   exit status of each error (:func:`main` is the ``sklearn-musc`` entry point);
 * :mod:`~sklearn_musc.cli.options`: option types and checks, and the input
   images the options name;
-* :mod:`~sklearn_musc.cli.inputs`: walking input folders and checking that
-  each image can be read;
+* :mod:`~sklearn_musc.cli.inputs`: walking input folders, pairing rgb
+  images with their point clouds, and checking that each file can be read;
 * :mod:`~sklearn_musc.cli.run`: loading the backbone (offline when the hub
   cannot be reached), the batch and new-image runs, saving and loading models;
 * :mod:`~sklearn_musc.cli.demo`: ``sklearn-musc demo``;

@@ -40,6 +40,7 @@ from ..fusion import CrossModalDetector
 from ..monitoring import DriftMonitor
 from ..images import ImageFiles
 from ..pointcloud import PointCloudPatchTransformer
+from ..presets import PRESETS
 from .errors import InputError, WeightsUnavailable, one_line, running
 from .estimate import announce, announce_clouds, announce_new
 from .inputs import Sample, check_sample, collect_images, collect_samples
@@ -321,7 +322,7 @@ def _check_modality(args, has_clouds):
     modality = modality or DEFAULT_MODALITY
     if fusion is not None and modality != "rgb+3d":
         raise InputError(f"--fusion joins rgb and 3D scores: it needs --modality rgb+3d, not {modality}")
-    if modality != "rgb" and pipe_embedding(args) == "image":
+    if modality != "rgb" and _preset_embedding(args) == "image":
         raise InputError(f"--preset {args.preset} re-scores on the backbone's image embedding, which point "
                          f"clouds do not have: use --preset default with --modality {modality}")
     if modality == "rgb+3d":
@@ -339,10 +340,8 @@ def _check_modality(args, has_clouds):
     return modality
 
 
-def pipe_embedding(args):
+def _preset_embedding(args):
     """The RsCIN embedding the --preset asks for."""
-    from ..presets import PRESETS
-
     return PRESETS[args.preset].get("rscin__embedding", "auto")
 
 
