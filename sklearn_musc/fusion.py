@@ -15,6 +15,7 @@ from ._batch import ImageScores, MultimodalFeatures, salient_features
 from ._device import resolve_device
 from ._msm import interval_bounds
 from ._novelty import NoveltyMixin
+from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from .thresholds import defect_masks, threshold_scores
 from ._validation import CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags, validate_params
 
@@ -91,6 +92,10 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         As :class:`MutualScoringDetector`'s: sets ``threshold_``.
     threshold : float or None, default=None
         A fixed threshold on the image scores instead.
+    fdr : float in (0, 1) or None, default=None
+        Label the batch by Benjamini-Hochberg at this false-discovery level
+        on the p-values against the ``references`` given to :meth:`fit`
+        (``pvalues_``), as :class:`MutualScoringDetector`'s ``fdr``.
     device : str, default="auto"
         Device of the distance computations.
 
@@ -116,6 +121,12 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         From the features.
     offset_ : float
         With ``novelty=True``: ``-threshold_``.
+    reference_scores_ : ndarray of shape (n_references,)
+        When fitted with references: each reference scored by the batch and
+        the other references, as a batch sample is (the calibration scores).
+    pvalues_ : ndarray of shape (n_samples,)
+        When fitted with references: the conformal p-value of each sample's
+        score against ``reference_scores_``.
 
     See Also
     --------
@@ -143,17 +154,19 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         "novelty": ["boolean"],
         "contamination": CONTAMINATION,
         "threshold": [None, Interval(numbers.Real, 0, None, closed="left")],
+        "fdr": [None, Interval(numbers.Real, 0, 1, closed="neither")],
         "device": [DEVICE],
     }
 
     def __init__(self, *, fusion="cae", topmin_min=0.0, topmin_max=0.2, novelty=False, contamination="auto",
-                 threshold=None, device="auto"):
+                 threshold=None, fdr=None, device="auto"):
         self.fusion = fusion
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
         self.novelty = novelty
         self.contamination = contamination
         self.threshold = threshold
+        self.fdr = fdr
         self.device = device
 
     def __sklearn_tags__(self):
@@ -179,6 +192,11 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         validate_params(self)
         if not self.topmin_min < self.topmin_max:
             raise ValueError(f"need topmin_min < topmin_max, got {self.topmin_min!r}, {self.topmin_max!r}")
+        if self.fdr is not None and self.threshold is not None:
+            raise ValueError("give threshold, or fdr to set it from known-good references, not both")
+        if self.fdr is not None and references is None:
+            raise ValueError("fdr calibrates the batch against known-good references: give references=<good "
+                             "samples> to fit")
         rgb, xyz = _as_multimodal(X)
         pool = [_flat(rgb), _flat(xyz)]
         n = rgb.n_images
@@ -188,22 +206,39 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         if len(pool[0]) < 2:
             raise ValueError(f"mutual scoring needs at least 2 samples, got {len(pool[0])}")
         self.device_ = resolve_device(self.device)
-        # the batch is the pool's first n rows: each sample's own column is dropped
-        tables = [fk.distance_tables(p[:n], p, True, self.device_) for p in pool]
+        # the batch is the pool's first n rows, the references the others: each row scored by every
+        # other sample (its own column dropped), so a reference is scored as a batch sample is
+        tables = [fk.distance_tables(p, p, True, self.device_) for p in pool]
         bounds = interval_bounds(len(pool[0]), self.topmin_min, self.topmin_max)
-        out = self._scores(rgb, xyz, tables, bounds)
+        out = self._scores(rgb, xyz, [t[:, :n] for t in tables], bounds)
         ((self.rgb_patch_scores_, self.xyz_patch_scores_), self.rgb_maps_, self.xyz_maps_, self.anomaly_maps_,
          self.anomaly_scores_, _) = out
+        for name in ("reference_scores_", "pvalues_"):
+            self.__dict__.pop(name, None)
+        if references is not None:
+            self.reference_scores_ = self._scores(ref_rgb, ref_xyz, [t[:, n:] for t in tables], bounds)[4]
+            self.pvalues_ = conformal_pvalues(self.reference_scores_, self.anomaly_scores_)
         self.patch_scores_ = self.rgb_patch_scores_ + self.xyz_patch_scores_
         self.input_size_, self.original_sizes_ = rgb.input_size, rgb.original_sizes
-        self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
+        self.threshold_, self.labels_ = self._decide(self.anomaly_scores_)
         self.anomaly_masks_ = defect_masks(self.anomaly_maps_, self.labels_)
-        self._output = self._image_scores(rgb, out)
+        self._output = self._image_scores(rgb, out, self.__dict__.get("pvalues_"))
         self.__dict__.pop("_pool", None)
         if self.novelty:
             self._pool = pool
             self.offset_ = -self.threshold_
         return self
+
+    def _decide(self, scores):
+        """``(threshold_, labels_)`` of the batch: Benjamini-Hochberg with ``fdr``, else the contamination rule."""
+        if self.fdr is None:
+            return threshold_scores(scores, self.contamination, self.threshold)
+        rejected, _ = benjamini_hochberg(self.pvalues_, self.fdr)
+        if rejected.all():  # every p-value <= fdr: the conformal threshold at fdr lies below them all
+            threshold = conformal_threshold(self.reference_scores_, self.fdr, "the references")
+        else:  # p-values fall as scores rise: the flagged samples are those above every other one
+            threshold = float(scores[~rejected].max())
+        return threshold, np.where(rejected, -1, 1)
 
     def _scores(self, rgb, xyz, tables, bounds):
         n = rgb.n_images
@@ -224,12 +259,12 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                                align_corners=True)
         return up[:, 0].numpy()
 
-    def _image_scores(self, rgb, out):
+    def _image_scores(self, rgb, out, pvalues=None):
         _, _, _, maps, scores, joined = out
         labels = np.where(scores > self.threshold_, -1, 1)
         return ImageScores(scores=scores, embeddings=None, salient_features=joined, sources=rgb.sources,
                            anomaly_maps=maps, input_size=rgb.input_size, original_sizes=rgb.original_sizes,
-                           anomaly_masks=defect_masks(maps, labels), threshold=self.threshold_)
+                           anomaly_masks=defect_masks(maps, labels), threshold=self.threshold_, pvalues=pvalues)
 
     def fit_transform(self, X, y=None, references=None):
         """Fit on the batch and return its :class:`ImageScores` (for :class:`RsCINRescorer`).

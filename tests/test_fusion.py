@@ -138,6 +138,31 @@ def test_references_and_novelty_score_as_in_the_joined_batch(rng, fusion):
         CrossModalDetector(device="cpu").fit(X).transform(X)
 
 
+@pytest.mark.parametrize("fusion", ["sum", "cae"])
+def test_reference_scores_pvalues_and_fdr_labels(rng, fusion):
+    """A reference is scored as a batch sample is; p-values and Benjamini-Hochberg against loop references."""
+    X = random_batch(rng, n=12)
+    batch, refs = X.take(range(6)), X.take(range(6, 12))
+    whole = CrossModalDetector(fusion=fusion, device="cpu").fit(X)
+    det = CrossModalDetector(fusion=fusion, device="cpu", fdr=0.4).fit(batch, references=refs)
+    np.testing.assert_allclose(det.reference_scores_, whole.anomaly_scores_[6:], atol=1e-5)
+    cal = det.reference_scores_
+    expected = [(1 + sum(c >= s for c in cal)) / (len(cal) + 1) for s in det.anomaly_scores_]
+    np.testing.assert_allclose(det.pvalues_, expected)
+    order = np.argsort(det.pvalues_, kind="stable")  # BH: the k smallest, k the largest with p_(k) <= q k / m
+    k = max([i + 1 for i in range(6) if det.pvalues_[order[i]] <= 0.4 * (i + 1) / 6], default=0)
+    flagged = np.zeros(6, bool)
+    flagged[order[:k]] = True
+    np.testing.assert_array_equal(det.labels_, np.where(flagged, -1, 1))
+    np.testing.assert_array_equal(det.labels_ == -1, det.anomaly_scores_ > det.threshold_)
+    np.testing.assert_allclose(det.fit_transform(batch, references=refs).pvalues, det.pvalues_)
+    assert not hasattr(CrossModalDetector(device="cpu").fit(batch), "pvalues_")
+    with pytest.raises(ValueError, match="fdr calibrates the batch against known-good references"):
+        CrossModalDetector(device="cpu", fdr=0.1).fit(batch)
+    with pytest.raises(ValueError, match="give threshold, or fdr"):
+        CrossModalDetector(device="cpu", fdr=0.1, threshold=1.0).fit(batch, references=refs)
+
+
 def test_mismatched_grids_and_inputs_are_refused(rng):
     X = random_batch(rng)
     bad = MultimodalFeatures(rgb=X.rgb, xyz=FeatureSets(X.xyz.features[:, :, :2], set_index=((0, 0),),
