@@ -116,15 +116,17 @@ def assert_outputs(out, root, names, input_size, pvalues=False):
 def test_mvtec3d_folder_scored_rgb_and_3d_by_default(category, tmp_path, capsys):
     out = tmp_path / "out"
     rc, text, err = run(capsys, "score", category / "test", "--out", out, *VIT,
-                        "--references", category / "validation" / "good")
+                        "--references", category / "validation" / "good", "--fdr", "0.3")
     assert rc == 0, err
     names = [f"bump/rgb/{i:03d}.png" for i in range(2)] + [f"good/rgb/{i:03d}.png" for i in range(4)]
-    _, summary = assert_outputs(out, category / "test", names, (56, 56))
+    rows, summary = assert_outputs(out, category / "test", names, (56, 56), pvalues=True)
+    p = np.array([float(r["pvalue"]) for r in rows])
+    assert ((p >= 1 / 4) & (p <= 1)).all() and summary["decision"]["rule"] == "benjamini-hochberg"
+    assert summary["settings"]["fdr"] == 0.3
     s = summary["settings"]
     assert (s["modality"], s["fusion"], s["point_cloud"], s["patch_grid"], s["references"]) == (
         "rgb+3d", "sum", "pointcloud:fpfh-groups", [4, 4], 3)
     assert set(summary["timings_s"]) >= {"pointcloud", "vit", "lnamd", "mutual_scoring", "rscin"}
-    assert "no p-values" in summary["decision"]["text"]
     for step in ("[1/6]", "[2/6] 3D patch tokens of 6 point clouds and of 3 references", "[3/6]", "[4/6]",
                  "[5/6] fused mutual scoring of 6 samples (sum fusion", "[6/6]"):
         assert step in err
@@ -274,13 +276,11 @@ def test_3d_options_on_a_folder_without_clouds(tmp_path, capsys, no_model, argv,
 
 @pytest.mark.parametrize("argv, message", [
     (["--fusion", "sum", "--modality", "3d"], "--fusion joins rgb and 3D scores: it needs --modality rgb+3d"),
-    (["--fdr", "0.1", "--references", "REFS"], "--fdr is not supported with --modality rgb+3d"),
     (["--max-subset-size", "4"], "--max-subset-size is not supported with --modality rgb+3d"),
     (["--modality", "3d", "--layers", "3"], "--layers sets the ViT, which --modality 3d does not use"),
     (["--preset", "paper-mvtec"], "--preset paper-mvtec re-scores on the backbone's image embedding"),
 ])
 def test_unsupported_combinations_are_usage_errors(category, tmp_path, capsys, no_model, argv, message):
-    argv = [str(category / "validation" / "good") if a == "REFS" else a for a in argv]
     base = SMALL if "--layers" in argv else VIT  # --backbone would be refused first
     rc, _, err = run(capsys, "score", category / "test", "--out", tmp_path / "out", *base, *argv)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -330,7 +330,7 @@ def test_cable_gland_subset_as_the_library_scores_it(tmp_path, capsys):
                      "--references", refs)
     assert rc == 0, err
     names = sorted(f"{d}/rgb/{i:03d}.png" for d, i in picked)
-    rows, _ = assert_outputs(out, batch, names, (size, size))
+    rows, _ = assert_outputs(out, batch, names, (size, size), pvalues=True)
     for name in names:
         assert Image.open(out / "overlays" / f"{name}.png").size == (200, 200)
     # the library, step by step, on the same files
@@ -348,6 +348,7 @@ def test_cable_gland_subset_as_the_library_scores_it(tmp_path, capsys):
                            xyz=lnamd.fit_transform(pc.transform(ref_xyz)))
     det = CrossModalDetector(fusion="sum", topmin_max=0.2, device="cpu").fit(X, references=R)
     np.testing.assert_allclose([float(r["msm_score"]) for r in rows], det.anomaly_scores_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([float(r["pvalue"]) for r in rows], det.pvalues_, atol=1e-6)
     np.testing.assert_allclose(np.load(out / "maps" / f"{names[4]}.npy"), det.anomaly_maps_[4], rtol=1e-4,
                                atol=1e-5)
 

@@ -138,18 +138,11 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
     del feats, ref_feats
     _timed_stage(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
-    labels, threshold, masks, decision = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_, None
+    labels, threshold, masks = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_
     pvalues = msm.__dict__.get("pvalues_")
-    if references:
-        decision = dict(rule="contamination", references=len(references),
-                        text=f"RsCIN's rule on its re-scored values; p-values against {len(references)} "
-                             "references in the p-value column (give --fdr to label by them)")
+    decision = _decision(msm, references)
     if msm.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
         labels, threshold, masks = msm.labels_, msm.threshold_, msm.anomaly_masks_
-        decision = dict(rule="benjamini-hochberg", fdr=msm.fdr, references=len(references),
-                        text=f"Benjamini-Hochberg at false-discovery level {msm.fdr:g} on the p-values against "
-                             f"{len(references)} known-good references (the detector's decision; the "
-                             "score column still ranks by RsCIN)")
     return ScoreResults(
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
         detector_scores=msm.anomaly_scores_, threshold=threshold,
@@ -157,6 +150,20 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
         input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
         skipped=skipped, pvalues=pvalues, decision=decision,
     )
+
+
+def _decision(detector, references):
+    """How a batch with ``references`` is labelled (None without): RsCIN's rule, or the detector's ``fdr``."""
+    if not references:
+        return None
+    if detector.fdr is None:
+        return dict(rule="contamination", references=len(references),
+                    text=f"RsCIN's rule on its re-scored values; p-values against {len(references)} "
+                         "references in the p-value column (give --fdr to label by them)")
+    return dict(rule="benjamini-hochberg", fdr=detector.fdr, references=len(references),
+                text=f"Benjamini-Hochberg at false-discovery level {detector.fdr:g} on the p-values against "
+                     f"{len(references)} known-good references (the detector's decision; the "
+                     "score column still ranks by RsCIN)")
 
 
 def _settings(args, pipe, modality="rgb", cloud=None):
@@ -325,14 +332,9 @@ def _check_modality(args, has_clouds):
     if modality != "rgb" and _preset_embedding(args) == "image":
         raise InputError(f"--preset {args.preset} re-scores on the backbone's image embedding, which point "
                          f"clouds do not have: use --preset default with --modality {modality}")
-    if modality == "rgb+3d":
-        if args.max_subset_size is not None:
-            raise InputError("--max-subset-size is not supported with --modality rgb+3d (the fused detector "
-                             "scores the whole batch): leave it out, or use --modality rgb or 3d")
-        if getattr(args, "fdr", None) is not None:
-            raise InputError("--fdr is not supported with --modality rgb+3d (the fused detector gives no "
-                             "p-values): use --modality rgb or 3d, or leave --fdr out (--references still "
-                             "join the scorers)")
+    if modality == "rgb+3d" and args.max_subset_size is not None:
+        raise InputError("--max-subset-size is not supported with --modality rgb+3d (the fused detector "
+                         "scores the whole batch): leave it out, or use --modality rgb or 3d")
     if modality == "3d":
         given = [o for o in _CLOUD_UNUSED if getattr(args, o) != args.model_defaults[o]]
         if given:
@@ -424,7 +426,8 @@ def _fused_detector(args, pipe):
     """CrossModalDetector with the --preset's interval and the run's contamination and device."""
     msm = pipe["msm"]
     return CrossModalDetector(fusion=getattr(args, "fusion", None) or DEFAULT_FUSION, topmin_min=msm.topmin_min,
-                              topmin_max=msm.topmin_max, contamination=msm.contamination, device=msm.device)
+                              topmin_max=msm.topmin_max, contamination=msm.contamination, fdr=msm.fdr,
+                              device=msm.device)
 
 
 def _cloud_tokens(timings, cloud, xyz, ref_xyz, label):
@@ -470,17 +473,16 @@ def compute_fused(pipe, detector, cloud, paths, xyz, names, *, skipped=(), setti
     _timed_stage(timings, "rscin", f"[6/6] RsCIN re-scoring (k_list {tuple(rscin.k_list)}, joined rgb + 3D "
                  "salient features)", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
-    decision = None
-    if references:
-        decision = dict(rule="contamination", references=len(references),
-                        text=f"RsCIN's rule on its re-scored values; {len(references)} references joined the "
-                             "scorers (no p-values with --modality rgb+3d)")
+    labels, threshold, masks = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_
+    decision = _decision(detector, references)
+    if detector.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
+        labels, threshold, masks = detector.labels_, detector.threshold_, detector.anomaly_masks_
     return ScoreResults(
-        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=rscin.labels_,
-        detector_scores=detector.anomaly_scores_, threshold=rscin.threshold_,
+        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
+        detector_scores=detector.anomaly_scores_, threshold=threshold,
         anomaly_maps=detector.anomaly_maps_, original_sizes=detector.original_sizes_,
-        input_size=vit.input_size_, masks=rscin.anomaly_masks_, settings=dict(settings or {}), timings=timings,
-        skipped=skipped, decision=decision,
+        input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
+        skipped=skipped, pvalues=detector.__dict__.get("pvalues_"), decision=decision,
     )
 
 
