@@ -249,15 +249,17 @@ def test_bad_reference_is_never_skipped(category, tmp_path, capsys, no_model):
     assert rc == 2 and "image rgb/002.png has no point cloud: expected xyz/002.tiff" in err
 
 
-def test_cloud_with_no_object_left_fails_cleanly(category, tmp_path, capsys):
+@pytest.mark.parametrize("bad", ["bump/xyz/000.tiff", "good/xyz/002.tiff"])  # timed first, or in the run
+def test_cloud_with_no_object_left_fails_cleanly(category, tmp_path, capsys, bad):
     """A plane only: valid points, none left after the background plane; named, exit 2, nothing written."""
     yy, xx = (np.mgrid[0:SIZE, 0:SIZE] - SIZE / 2) * 0.0005
     plane = np.stack([xx, yy, np.full_like(xx, 0.3)], axis=-1).astype(np.float32)
-    save_cloud(category / "test" / "good" / "xyz" / "002.tiff", plane)
+    save_cloud(category / "test" / bad, plane)
     out = tmp_path / "out"
     rc, _, err = run(capsys, "score", category / "test", "--out", out, "--modality", "3d", *SMALL)
-    assert rc == 2
-    assert "good/xyz/002.tiff" in err and "object points left after the background removal" in err
+    errors = [line for line in err.splitlines() if line.startswith("sklearn-musc: error: ")]
+    assert rc == 2 and errors == [err.strip().splitlines()[-1]]  # stage lines, then one error line
+    assert bad in errors[0] and "object points left after the background removal" in errors[0]
     assert not any((out / f).exists() for f in TOP) and not (out / "maps").exists()
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from sklearn.pipeline import Pipeline
-
 from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
 from .._batch import MultimodalFeatures
 from .._device import resolve_device
@@ -264,10 +263,10 @@ def run_score(args, directory, pretrained):
     if cloud is None:
         announce(pipe["vit"], pipe["lnamd"], len(paths), n_refs, args.max_subset_size, stage)
     else:
-        cloud.transform(xyz[:1])  # the first cloud pays for the imports (open3d) and warm-up: not timed
-        t = time.perf_counter()
-        cloud.transform(xyz[1:2])
-        announce_clouds(time.perf_counter() - t, len(paths) + n_refs, stage,
+        _cloud_tokens({}, cloud, xyz[:1], None, None)  # the first cloud pays for the imports: not timed
+        t_cloud = time.perf_counter()
+        _cloud_tokens({}, cloud, xyz[1:2], None, None)
+        announce_clouds(time.perf_counter() - t_cloud, len(paths) + n_refs, stage,
                         *((pipe["vit"], pipe["lnamd"]) if modality == "rgb+3d" else ()))
     with running():
         settings = _settings(args, pipe, modality, cloud)
@@ -431,11 +430,16 @@ def _fused_detector(args, pipe):
 
 
 def _cloud_tokens(timings, cloud, xyz, ref_xyz, label):
-    """The 3D patch tokens of the batch and of the references (None); a cloud the step cannot use is bad input."""
+    """The 3D patch tokens of the batch and of the references (None); a cloud the step cannot use is bad input.
+
+    ``label`` None: no stage line (the clouds timed for the announcement).
+    """
     refs = f" and of {len(ref_xyz)} references" if ref_xyz else ""
     line = (f"{label} 3D patch tokens of {len(xyz)} point clouds{refs} ({cloud.backbone_}, "
             f"{cloud.grid_size_[0]} x {cloud.grid_size_[1]} patches)")
     try:
+        if label is None:
+            return cloud.transform(xyz), None
         tokens = _timed_stage(timings, "pointcloud", line, cloud.transform, xyz)
         ref_tokens = None if not ref_xyz else cloud.transform(ref_xyz)
     except ValueError as exc:  # e.g. no object left after the background plane: the cloud, not the run
