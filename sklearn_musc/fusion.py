@@ -112,8 +112,8 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         Images scoring above it are labelled -1.
     anomaly_masks_ : ndarray of shape (n_samples, H, W), bool
         Defect masks of the samples labelled anomalous.
-    input_size_, original_sizes_ : tuple
-        From the features.
+    input_size_, original_sizes_, crop_mode_ : tuple, tuple, str or None
+        From the rgb features.
     offset_ : float
         With ``novelty=True``: ``-threshold_``.
 
@@ -195,7 +195,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ((self.rgb_patch_scores_, self.xyz_patch_scores_), self.rgb_maps_, self.xyz_maps_, self.anomaly_maps_,
          self.anomaly_scores_, _) = out
         self.patch_scores_ = self.rgb_patch_scores_ + self.xyz_patch_scores_
-        self.input_size_, self.original_sizes_ = rgb.input_size, rgb.original_sizes
+        self.input_size_, self.original_sizes_, self.crop_mode_ = rgb.input_size, rgb.original_sizes, rgb.crop_mode
         self.threshold_, self.labels_ = threshold_scores(self.anomaly_scores_, self.contamination, self.threshold)
         self.anomaly_masks_ = defect_masks(self.anomaly_maps_, self.labels_)
         self._output = self._image_scores(rgb, out)
@@ -229,6 +229,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         labels = np.where(scores > self.threshold_, -1, 1)
         return ImageScores(scores=scores, embeddings=None, salient_features=joined, sources=rgb.sources,
                            anomaly_maps=maps, input_size=rgb.input_size, original_sizes=rgb.original_sizes,
+                           crop_mode=rgb.crop_mode,
                            anomaly_masks=defect_masks(maps, labels), threshold=self.threshold_)
 
     def fit_transform(self, X, y=None, references=None):

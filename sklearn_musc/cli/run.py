@@ -132,7 +132,8 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None):
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
         detector_scores=msm.anomaly_scores_, threshold=threshold,
         anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
+        input_size=vit.input_size_, crop_mode=msm.crop_mode_, masks=masks, settings=dict(settings or {}),
+        timings=timings,
         skipped=skipped, pvalues=pvalues, decision=decision,
     )
 
@@ -142,7 +143,7 @@ def _settings(args, pipe):
     return {
         "backbone": vit.backbone_, "pretrained": None if args.weights is not None else pretrained(args),
         "weights": str(args.weights) if args.weights is not None else None,
-        "image_size": list(vit.input_size_), "layers": list(vit.layers_),
+        "image_size": list(vit.input_size_), "crop_mode": vit.crop_mode, "layers": list(vit.layers_),
         "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
         "contamination": args.contamination, "max_subset_size": args.max_subset_size,
         "device": str(vit.device_), "batch_size": args.batch_size,
@@ -306,7 +307,7 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=No
     return ScoreResults(
         paths=paths, names=names, scores=scores, labels=labels,
         detector_scores=new.scores, threshold=threshold, anomaly_maps=new.anomaly_maps,
-        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=masks,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, crop_mode=new.crop_mode, masks=masks,
         settings=dict(settings or {}), timings=timings, skipped=skipped, pvalues=new.pvalues,
         decision=decision, drift=drift,
     )
@@ -336,6 +337,7 @@ def run_score_model(args):
     announce_new(pipe["vit"], pool.features.shape[1], len(paths), pool.n_images, stage)
     settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
                 "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
+                "crop_mode": pipe["vit"].crop_mode,
                 "device": str(device), "alpha": pipe["msm"].get_params().get("alpha"),
                 "drift_level": args.drift_level}
     with running():
