@@ -339,6 +339,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             state["_random_weights"] = {k: v.detach().cpu() for k, v in weights.items()}
         return state
 
+    def __setstate__(self, state):
+        # pickled before crop_mode existed: it was fitted with the centre crop, and keeps it
+        state = dict(state)
+        state.setdefault("crop_mode", "center")
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ transform
 
     def transform(self, X):

@@ -1,6 +1,7 @@
 """How images are fitted to the model input (issue #23): crop modes, their inverses, the warning, the CLI."""
 
 import json
+import pickle
 import warnings
 
 import numpy as np
@@ -225,6 +226,15 @@ def test_crop_mode_is_a_plain_parameter():
         with pytest.raises(ValueError, match=r"^crop_mode must be one of 'auto', 'center', 'border', 'squash', "
                                              r"got .*$"):
             ViTPatchTransformer(crop_mode=bad, **{k: v for k, v in TINY.items()}).fit()
+
+
+def test_a_transformer_pickled_before_crop_mode_keeps_the_centre_crop():
+    vit = ViTPatchTransformer(crop_mode="squash")
+    state = vit.__getstate__()
+    del state["crop_mode"]
+    old = ViTPatchTransformer.__new__(ViTPatchTransformer)
+    old.__setstate__(state)
+    assert old.crop_mode == "center" and pickle.loads(pickle.dumps(vit)).crop_mode == "squash"
 
 
 def test_the_crop_warns_once_a_batch_with_the_share_cut_away(rng):
