@@ -111,11 +111,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         - ``"border"``: resized to fit inside the input and padded with the
           mean colour (letterbox);
         - ``"squash"``: resized to the input, aspect ratio not kept;
-        - ``"auto"``: ``"center"`` for an image that the crop does not cut
-          (the input's aspect ratio, e.g. square MVTec images at a square
-          input: exactly the paper's fit), ``"squash"`` for every other
-          image, so that no part of an image goes unseen. Squash found more
-          defects than the letterbox on elongated images
+        - ``"auto"``: ``"center"`` for an image the crop cuts no more than
+          the rounding of the resize (the input's aspect ratio, e.g. MVTec
+          images at a square input: exactly the paper's fit), ``"squash"`` for every other
+          image, so that no part of an image goes unseen. Squash ranked
+          defective images better than the letterbox on elongated images
           (benchmarks/RESULTS.md, "How images are fitted to the model
           input").
     layers : sequence of int or None, default=None

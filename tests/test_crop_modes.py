@@ -125,6 +125,12 @@ def test_fit_geometry_by_hand():
         fit_geometry((3, 4), 8, "letterbox")
 
 
+def test_auto_fits_mvtec_sized_images_exactly_as_the_paper(rng):
+    image = load_image(rng.integers(0, 256, (198, 197, 3), dtype=np.uint8))[0]
+    auto = preprocess(image, (224, 224), (0.4, 0.4, 0.4), (0.2, 0.2, 0.2))
+    assert np.array_equal(auto.numpy(), preprocess(image, (224, 224), (0.4, 0.4, 0.4), (0.2, 0.2, 0.2), "center"))
+
+
 def test_dropped_fraction_and_crop_box():
     assert dropped_fraction((30, 60), 8, "center") == 0.5
     assert dropped_fraction((30, 90), 8, "center") == pytest.approx(2 / 3)
