@@ -113,11 +113,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         - ``"squash"``: resized to the input, aspect ratio not kept;
         - ``"auto"``: ``"center"`` for an image the crop cuts no more than
           the rounding of the resize (the input's aspect ratio, e.g. MVTec
-          images at a square input: exactly the paper's fit), ``"squash"`` for every other
-          image, so that no part of an image goes unseen. Squash ranked
-          defective images better than the letterbox on elongated images
-          (benchmarks/RESULTS.md, "How images are fitted to the model
-          input").
+          images at a square input: exactly the paper's fit), ``"squash"``
+          for every other image, so that no part of an image goes unseen.
+          Squash ranked defective images better than the letterbox on
+          elongated images (benchmarks/RESULTS.md, "How images are fitted
+          to the model input").
     layers : sequence of int or None, default=None
         0-based indices of the blocks whose outputs are kept, in this order;
         negative values count from the end. None takes the last block of each
