@@ -112,7 +112,7 @@ def main(argv=None):
 
     shown = pick(defect_types, args.n_images)
     maps = maps_to_original(msm.anomaly_maps_[shown], [msm.original_sizes_[i] for i in shown],
-                            msm.input_size_)
+                            msm.input_size_, crop_mode=msm.crop_mode_)
     fig = plot_anomaly_grid(
         [images[i] for i in shown], maps, masks=[masks[i] for i in shown],
         scores=rscin.anomaly_scores_[shown], labels=truth[shown],

@@ -82,6 +82,10 @@ class PatchTokens(_BatchMixin):
     backbone : str or None
         The backbone that made the tokens (``"timm:NAME"``, ``"open_clip:NAME"``),
         so that features of different models are never scored together.
+    crop_mode : str or None
+        How the images were fitted to the input (``ViTPatchTransformer``'s
+        ``crop_mode``); with ``input_size`` and ``original_sizes``, what
+        :func:`~sklearn_musc.geometry.maps_to_original` needs.
     """
 
     tokens: np.ndarray
@@ -91,6 +95,7 @@ class PatchTokens(_BatchMixin):
     layers: Optional[Tuple[int, ...]] = None
     sources: Optional[Tuple[str, ...]] = None
     backbone: Optional[str] = None
+    crop_mode: Optional[str] = None
 
     _per_image = ("tokens", "embeddings", "original_sizes", "sources")
 
@@ -115,7 +120,7 @@ class FeatureSets(_BatchMixin):
         ``(layer, r)`` of each set: the layer position in the input (or the
         block index when known) and the aggregation degree (0 for the
         similarity-weighted variant, which merges all degrees).
-    embeddings, input_size, original_sizes, sources, backbone
+    embeddings, input_size, original_sizes, sources, backbone, crop_mode
         Passed through from :class:`PatchTokens`.
     aggregation : (str, tuple of int) or None
         How the sets were made: ``LNAMDTransformer``'s ``aggregation`` and
@@ -132,6 +137,7 @@ class FeatureSets(_BatchMixin):
     sources: Optional[Tuple[str, ...]] = None
     backbone: Optional[str] = None
     aggregation: Optional[Tuple[str, Tuple[int, ...]]] = None
+    crop_mode: Optional[str] = None
 
     _per_image = ("features", "embeddings", "original_sizes", "sources")
 
@@ -187,6 +193,8 @@ class ImageScores(_BatchMixin):
         :func:`~sklearn_musc.geometry.maps_to_original` needs.
     original_sizes : tuple of (int, int) or None
         Each image's size before preprocessing.
+    crop_mode : str or None
+        How the images were fitted to the model input (``PatchTokens.crop_mode``).
     anomaly_masks : ndarray of shape (n_images, H, W), bool, or None
         The detector's defect masks (empty for images labelled normal).
     threshold : float or None
@@ -210,6 +218,7 @@ class ImageScores(_BatchMixin):
     anomaly_masks: Optional[np.ndarray] = None
     threshold: Optional[float] = None
     pvalues: Optional[np.ndarray] = None
+    crop_mode: Optional[str] = None
 
     _per_image = ("scores", "embeddings", "salient_features", "sources", "anomaly_maps", "original_sizes",
                   "anomaly_masks", "pvalues")

@@ -250,6 +250,7 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             sources=X.sources,
             backbone=X.backbone,
             aggregation=(self.aggregation, tuple(self._r_list)),
+            crop_mode=X.crop_mode,
         )
 
     def __sklearn_tags__(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,7 +21,7 @@ from ._progress import progress_bar
 from ._validation import DEVICE, InstanceOf, Interval, Options, Satisfies, input_tags, int_sequence, validate_params
 from ._validation import check_int_list, check_size
 from .images import as_image_list, load_image
-from .geometry import preprocess
+from .geometry import CROP_MODES, CroppedImageWarning, dropped_fraction, preprocess
 
 __all__ = ["ViTPatchTransformer", "default_layers"]
 
@@ -65,9 +66,9 @@ def _check_layers(layers, n_blocks):
 class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     """Turn images into the patch tokens of a vision transformer.
 
-    Each image is resized (bicubic) so that it covers ``image_size``,
-    centre-cropped, normalised with the backbone's mean and std and passed
-    once through the ViT. The outputs of the selected blocks are kept, with
+    Each image is fitted to ``image_size`` as ``crop_mode`` says (bicubic),
+    normalised with the backbone's mean and std and passed once through the
+    ViT. The outputs of the selected blocks are kept, with
     all prefix tokens (class token, registers) removed, together with a
     unit-norm image embedding. CLIP tokens are the raw residual stream; timm
     (DINO, DINOv2) tokens get the backbone's final norm, as in MuSc.
@@ -99,6 +100,24 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         Model input size S or (height, width) in pixels. Position embeddings
         are resized to its patch grid. When it is not a multiple of the patch
         size, the last ``S % patch`` rows/columns are not seen by the model.
+    crop_mode : {"auto", "center", "border", "squash"}, default="auto"
+        How an image is fitted to the input (timm's names;
+        :mod:`sklearn_musc.geometry`):
+
+        - ``"center"``: resized to cover the input, the input cut from its
+          centre (the paper's MVTec convention, kept by the ``paper-*``
+          presets). An image of another aspect ratio loses its ends, and a
+          :class:`~sklearn_musc.geometry.CroppedImageWarning` says how much;
+        - ``"border"``: resized to fit inside the input and padded with the
+          mean colour (letterbox);
+        - ``"squash"``: resized to the input, aspect ratio not kept;
+        - ``"auto"``: ``"center"`` for an image the crop cuts no more than
+          the rounding of the resize (the input's aspect ratio, e.g. MVTec
+          images at a square input: exactly the paper's fit), ``"squash"``
+          for every other image, so that no part of an image goes unseen.
+          Squash ranked defective images better than the letterbox on
+          elongated images (benchmarks/RESULTS.md, "How images are fitted
+          to the model input").
     layers : sequence of int or None, default=None
         0-based indices of the blocks whose outputs are kept, in this order;
         negative values count from the end. None takes the last block of each
@@ -193,6 +212,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "pretrained": [None, "boolean", InstanceOf((str, os.PathLike), "a str or a path")],
         "image_size": [Satisfies(lambda v: check_size(v, "image_size"),
                                  "a positive int or a (height, width) pair of positive ints")],
+        "crop_mode": [Options(*CROP_MODES)],
         "layers": [None, int_sequence(minimum=None)],
         "backbone_kwargs": [None, InstanceOf(dict, "a dict")],
         "device": [DEVICE],
@@ -209,6 +229,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         backbone="open_clip:ViT-L-14-336",
         pretrained="openai",
         image_size=518,
+        crop_mode="auto",
         layers=None,
         backbone_kwargs=None,
         device="auto",
@@ -221,6 +242,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.backbone = backbone
         self.pretrained = pretrained
         self.image_size = image_size
+        self.crop_mode = crop_mode
         self.layers = layers
         self.backbone_kwargs = backbone_kwargs
         self.device = device
@@ -317,6 +339,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             state["_random_weights"] = {k: v.detach().cpu() for k, v in weights.items()}
         return state
 
+    def __setstate__(self, state):
+        # pickled before crop_mode existed: it was fitted with the centre crop, and keeps it
+        state = dict(state)
+        state.setdefault("crop_mode", "center")
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ transform
 
     def transform(self, X):
@@ -334,7 +362,14 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             ``tokens.tokens`` of shape (n_images, n_layers, grid_h, grid_w, dim)
             in ``dtype``; ``tokens.embeddings`` (n_images, embed_dim)
             float32, unit norm; plus ``input_size``, ``original_sizes``,
-            ``layers`` and ``sources``.
+            ``layers``, ``sources`` and ``crop_mode``.
+
+        Warns
+        -----
+        CroppedImageWarning
+            Once per call, when ``crop_mode="center"`` cuts pixels away
+            (an image of another aspect ratio than the input's), with the
+            share cut away.
         """
         check_is_fitted(self, "layers_")
         items, sources = as_image_list(X)
@@ -357,7 +392,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             for i in range(start, stop):
                 image, size = load_image(items[i], sources[i])
                 sizes.append(size)
-                pixels.append(preprocess(image, self.input_size_, self.mean_, self.std_))
+                pixels.append(preprocess(image, self.input_size_, self.mean_, self.std_, self.crop_mode))
             return start, stop, torch.stack(pixels), sizes
 
         # A background thread decodes the next batch while the device runs this
@@ -378,6 +413,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 embedding = F.normalize(embedding.float(), dim=-1)
                 embeddings[start:stop] = embedding.cpu().numpy()
                 bar.update(stop - start)
+        _warn_if_cropped(original_sizes, self.input_size_, self.crop_mode, sources)
         return PatchTokens(
             tokens=tokens,
             embeddings=embeddings,
@@ -386,7 +422,22 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             layers=self.layers_,
             sources=tuple(sources),
             backbone=self.backbone_,
+            crop_mode=self.crop_mode,
         )
+
+
+def _warn_if_cropped(sizes, input_size, crop_mode, sources):
+    """One :class:`CroppedImageWarning` for a batch in which the fit cuts pixels away."""
+    dropped = np.array([dropped_fraction(size, input_size, crop_mode) for size in sizes])
+    if not dropped.any():
+        return
+    pixels = np.array([h * w for h, w in sizes], dtype=np.float64)
+    worst = int(dropped.argmax())
+    warnings.warn(
+        f"crop_mode={crop_mode!r} cuts away {dropped @ pixels / pixels.sum():.1%} of the pixels of this batch "
+        f"({int((dropped > 0).sum())} of {len(sizes)} images, up to {dropped[worst]:.1%} of {sources[worst]}): "
+        "the model never sees them and a defect there cannot be found; crop_mode='auto' shows whole images",
+        CroppedImageWarning, stacklevel=3)
 
 
 def _to_storage(batch, dtype, sources):

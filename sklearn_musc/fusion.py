@@ -17,6 +17,7 @@ from ._msm import interval_bounds
 from ._novelty import NoveltyMixin
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from .thresholds import defect_masks, threshold_scores
+from .geometry import fit_geometry
 from ._validation import CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags, validate_params
 
 __all__ = ["CrossModalDetector"]
@@ -41,6 +42,15 @@ def _as_multimodal(X):
             f"the rgb and xyz patch grids differ: {rgb.grid_size} vs {xyz.grid_size}; give "
             "PointCloudPatchTransformer the ViT's patch_size so that a patch covers the same pixels"
         )
+    if rgb.original_sizes is not None and rgb.input_size is not None:
+        for size, source in zip(rgb.original_sizes, rgb.sources or [None] * rgb.n_images):
+            if fit_geometry(size, rgb.input_size, rgb.crop_mode or "center")[1:] != fit_geometry(
+                    size, rgb.input_size, xyz.crop_mode or "center")[1:]:
+                raise ValueError(
+                    f"the rgb image {source or ''} ({size[0]} x {size[1]}) was fitted to the input with "
+                    f"crop_mode={rgb.crop_mode!r} and its point cloud with {xyz.crop_mode!r}, so their "
+                    "patches cover different pixels; give ViTPatchTransformer(crop_mode='center')"
+                )
     return rgb, xyz
 
 
@@ -117,8 +127,8 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         Images scoring above it are labelled -1.
     anomaly_masks_ : ndarray of shape (n_samples, H, W), bool
         Defect masks of the samples labelled anomalous.
-    input_size_, original_sizes_ : tuple
-        From the features.
+    input_size_, original_sizes_, crop_mode_ : tuple, tuple, str or None
+        From the rgb features.
     offset_ : float
         With ``novelty=True``: ``-threshold_``.
     reference_scores_ : ndarray of shape (n_references,)
@@ -219,7 +229,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             self.reference_scores_ = self._scores(ref_rgb, ref_xyz, [t[:, n:] for t in tables], bounds)[4]
             self.pvalues_ = conformal_pvalues(self.reference_scores_, self.anomaly_scores_)
         self.patch_scores_ = self.rgb_patch_scores_ + self.xyz_patch_scores_
-        self.input_size_, self.original_sizes_ = rgb.input_size, rgb.original_sizes
+        self.input_size_, self.original_sizes_, self.crop_mode_ = rgb.input_size, rgb.original_sizes, rgb.crop_mode
         self.threshold_, self.labels_ = self._decide(self.anomaly_scores_)
         self.anomaly_masks_ = defect_masks(self.anomaly_maps_, self.labels_)
         self._output = self._image_scores(rgb, out, self.__dict__.get("pvalues_"))
@@ -264,6 +274,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         labels = np.where(scores > self.threshold_, -1, 1)
         return ImageScores(scores=scores, embeddings=None, salient_features=joined, sources=rgb.sources,
                            anomaly_maps=maps, input_size=rgb.input_size, original_sizes=rgb.original_sizes,
+                           crop_mode=rgb.crop_mode,
                            anomaly_masks=defect_masks(maps, labels), threshold=self.threshold_, pvalues=pvalues)
 
     def fit_transform(self, X, y=None, references=None):

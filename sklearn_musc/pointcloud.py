@@ -97,7 +97,8 @@ class PointCloudPatchTransformer(TransformerMixin, BaseEstimator):
         weights (tests only: random features detect nothing).
     image_size : int or (int, int), default=224
         The model input size of the matching rgb images; maps are upsampled
-        to it. A cloud of another aspect is centre-cropped as the images are.
+        to it. A cloud of another aspect is centre-cropped (the images' ``crop_mode="center"``,
+        which 2D + 3D fusion needs of the ViT).
     patch_size : int, default=14
         Pixels per patch at ``image_size``: the grid is
         ``image_size // patch_size`` (16 x 16 by default, a ViT-S/14's at 224).
@@ -338,7 +339,8 @@ class PointCloudPatchTransformer(TransformerMixin, BaseEstimator):
             sizes.append(xyz.shape[:2])
             out[i] = self._cloud_tokens(xyz, source)
         return PatchTokens(tokens=out, embeddings=None, input_size=self.input_size_, original_sizes=tuple(sizes),
-                           layers=self.layers_, sources=tuple(sources), backbone=self.backbone_)
+                           layers=self.layers_, sources=tuple(sources), backbone=self.backbone_,
+                           crop_mode="center")
 
     def foreground(self, xyz, source=None):
         """The object's pixels of one cloud: valid, off the background plane, in the largest cluster.

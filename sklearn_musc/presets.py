@@ -9,10 +9,12 @@
   in ``benchmarks/RESULTS.md``, "Beyond the paper") on the paper's backbone, ViT-L-14-336 at 518 px, with
   ``vit__pretrained=True`` (the backbone's own default weights, which for
   ViT-L-14-336 are the ``"openai"`` ones), so that overriding only
-  ``vit__backbone`` still names valid weights. The command line's defaults.
+  ``vit__backbone`` still names valid weights; images fitted with
+  ``crop_mode="auto"`` (whole images whatever their shape). The command
+  line's defaults.
 - ``"paper-mvtec"``, ``"paper-visa"``, ``"paper-btad"``: the MuSc paper's
   setting (open_clip ViT-L-14-336 with the ``"openai"`` weights at 518 px,
-  LNAMD ``r_list`` 1, 3, 5 with mean aggregation, ``topmin_max`` 0.3, no
+  images centre-cropped (``crop_mode="center"``), LNAMD ``r_list`` 1, 3, 5 with mean aggregation, ``topmin_max`` 0.3, no
   repeated-defect filter, RsCIN on the image embedding) with the authors'
   RsCIN windows for the dataset: ``k_list`` 1, 8, 9 on VisA, else 1, 2, 3.
   They reproduce the paper's table whatever the estimators' defaults.
@@ -40,7 +42,7 @@ STEPS = ("vit", "lnamd", "msm", "rscin")
 __all__ = ["PRESETS", "available_presets", "make_musc_pipeline", "pretrained_from_options"]
 
 # The paper's setting (docs/algorithm.rst): open_clip ViT-L-14-336 with the
-# "openai" weights at 518 px, LNAMD degrees 1, 3, 5 averaged, the interval
+# "openai" weights at 518 px, images centre-cropped, LNAMD degrees 1, 3, 5 averaged, the interval
 # average over the lowest 30 % of the other images, RsCIN on the image
 # embedding; random ViT weights and the split into subsets seeded. Every
 # setting the paper fixes is written here, so that a change of an estimator's
@@ -49,6 +51,7 @@ _PAPER = {
     "vit__backbone": "open_clip:ViT-L-14-336",
     "vit__pretrained": "openai",
     "vit__image_size": 518,
+    "vit__crop_mode": "center",
     "vit__layers": None,
     "vit__random_state": 0,
     "lnamd__r_list": (1, 3, 5),
@@ -66,6 +69,7 @@ _PAPER = {
 _DEFAULT = {
     **_PAPER,
     "vit__pretrained": True,
+    "vit__crop_mode": "auto",
     "lnamd__aggregation": "similarity",
     "msm__topmin_max": 0.2,
     "rscin__k_list": (1, 7),

@@ -206,12 +206,17 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         an image labelled -1 above ``(background + peak) / 2``, where the
         background is the image's median map value (the defect's "half
         height"); empty for the images labelled 1. ``masks_to_original(anomaly_masks_,
-        original_sizes_, input_size_)`` gives them at each image's size.
+        original_sizes_, input_size_, crop_mode=crop_mode_)`` gives them at
+        each image's size.
     input_size_ : (int, int) or None
         Model input size of the batch (from ``ViTPatchTransformer``).
     original_sizes_ : tuple of (int, int) or None
         Each image's original size; ``maps_to_original(anomaly_maps_,
-        original_sizes_, input_size_)`` gives the maps at that resolution.
+        original_sizes_, input_size_, crop_mode=crop_mode_)`` gives the maps
+        at that resolution.
+    crop_mode_ : str or None
+        How the images were fitted to the model input
+        (``ViTPatchTransformer(crop_mode=...)``).
     subsets_ : list of ndarray
         Indices of the images of each subset.
     device_ : torch.device
@@ -462,7 +467,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             set_scores[idx] = part
         self.set_patch_scores_ = set_scores
         self.patch_scores_ = set_scores.mean(axis=1)
-        self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
+        self.input_size_, self.original_sizes_, self.crop_mode_ = X.input_size, X.original_sizes, X.crop_mode
         self.anomaly_maps_ = self._upsample(self.patch_scores_, X.input_size)
         self.anomaly_scores_ = self.anomaly_maps_.reshape(n, -1).max(axis=1)
         for name in _FIT_STATE:
@@ -596,7 +601,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         for name in ("set_patch_scores_", "patch_scores_", "anomaly_maps_", "anomaly_scores_", "labels_",
                      "anomaly_masks_", "subsets_", "_output") + _FIT_STATE:
             self.__dict__.pop(name, None)
-        self.input_size_, self.original_sizes_ = X.input_size, X.original_sizes
+        self.input_size_, self.original_sizes_, self.crop_mode_ = X.input_size, X.original_sizes, X.crop_mode
         self.threshold_ = None if self.threshold is None else float(self.threshold)
         self._set_pool(X.features, _pool_info(X, X.sources), self.device_, None,
                        best=np.full(X.features.shape[:2] + (X.features.shape[2] * X.features.shape[3],
@@ -665,6 +670,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             anomaly_maps=maps,
             input_size=X.input_size,
             original_sizes=X.original_sizes,
+            crop_mode=X.crop_mode,
         )
 
     def _upsample(self, patch_scores, input_size, device=None):

@@ -279,6 +279,7 @@ def test_3d_options_on_a_folder_without_clouds(tmp_path, capsys, no_model, argv,
 @pytest.mark.parametrize("argv, message", [
     (["--fusion", "sum", "--modality", "3d"], "--fusion joins rgb and 3D scores: it needs --modality rgb+3d"),
     (["--max-subset-size", "4"], "--max-subset-size is not supported with --modality rgb+3d"),
+    (["--crop-mode", "squash"], "--crop-mode squash is not supported with --modality rgb+3d"),
     (["--modality", "3d", "--layers", "3"], "--layers sets the ViT, which --modality 3d does not use"),
     (["--preset", "paper-mvtec"], "--preset paper-mvtec re-scores on the backbone's image embedding"),
 ])

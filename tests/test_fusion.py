@@ -173,6 +173,23 @@ def test_mismatched_grids_and_inputs_are_refused(rng):
         CrossModalDetector(device="cpu").fit(X.rgb)
 
 
+def test_rgb_fitted_otherwise_than_its_clouds_is_refused(rng):
+    X = random_batch(rng)
+    n = X.rgb.n_images
+
+    def with_geometry(sizes, rgb_mode):
+        meta = dict(input_size=X.rgb.input_size, sources=X.rgb.sources, original_sizes=sizes)
+        return MultimodalFeatures(
+            rgb=FeatureSets(X.rgb.features, set_index=X.rgb.set_index, crop_mode=rgb_mode, **meta),
+            xyz=FeatureSets(X.xyz.features, set_index=X.xyz.set_index, crop_mode="center", **meta))
+
+    wide = ((30, 80),) * n  # the input is 12 x 16: squashing and centre-cropping differ
+    with pytest.raises(ValueError, match=r"s0 \(30 x 80\) was fitted .*crop_mode='squash'.*crop_mode='center'"):
+        CrossModalDetector(device="cpu").fit(with_geometry(wide, "squash"))
+    CrossModalDetector(device="cpu").fit(with_geometry(wide, "center"))
+    CrossModalDetector(device="cpu").fit(with_geometry(((24, 32),) * n, "squash"))  # the input's aspect
+
+
 TINY_VIT = dict(backbone="timm:vit_small_patch14_dinov2", pretrained=None, image_size=56,
                 backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2), device="cpu", progress=False,
                 random_state=0)

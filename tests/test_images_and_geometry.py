@@ -230,7 +230,7 @@ def _normalise(image):
 
 
 def test_preprocess_matches_a_plain_pil_reference(rgb):
-    out = preprocess(Image.fromarray(rgb), (16, 16), MEAN, STD)
+    out = preprocess(Image.fromarray(rgb), (16, 16), MEAN, STD, "center")
     # Reference: shorter side to 16 (40 * 16 / 30 = 21.3 -> 21), bicubic, crop the centre.
     ref = Image.fromarray(rgb).resize((21, 16), Image.BICUBIC).crop((2, 0, 18, 16))
     ref = _normalise(ref)
@@ -239,7 +239,7 @@ def test_preprocess_matches_a_plain_pil_reference(rgb):
 
 
 def test_preprocess_non_square_target(rgb):
-    out = preprocess(Image.fromarray(rgb), (24, 12), MEAN, STD)
+    out = preprocess(Image.fromarray(rgb), (24, 12), MEAN, STD, "center")
     assert out.shape == (3, 24, 12)
     ref = Image.fromarray(rgb).resize((32, 24), Image.BICUBIC).crop((10, 0, 22, 24))
     ref = _normalise(ref)
@@ -247,10 +247,11 @@ def test_preprocess_non_square_target(rgb):
 
 
 def test_float_path_agrees_with_8_bit_path(rgb):
-    eight = preprocess(load_image(rgb, "a")[0], (16, 16), MEAN, STD)
-    floats = preprocess(load_image(rgb / 255.0, "b")[0], (16, 16), MEAN, STD)
-    # PIL rounds 8-bit results to integers after each of its two resize passes.
-    assert float((eight - floats).abs().max()) <= 1.5 / 255 / min(STD)
+    for mode in ("center", "border", "squash"):
+        eight = preprocess(load_image(rgb, "a")[0], (16, 16), MEAN, STD, mode)
+        floats = preprocess(load_image(rgb / 255.0, "b")[0], (16, 16), MEAN, STD, mode)
+        # PIL rounds 8-bit results to integers after each of its two resize passes.
+        assert float((eight - floats).abs().max()) <= 1.5 / 255 / min(STD)
 
 
 def test_preprocess_identity_size(rgb):
@@ -265,16 +266,16 @@ def test_maps_to_original_places_the_crop_back():
     # 40 x 80 image, input 20: resized to 20 x 40, columns 10..30 kept,
     # i.e. original columns 20..60.
     ramp = np.tile(np.linspace(0.0, 1.0, 20, dtype=np.float32), (20, 1))
-    out = maps_to_original(ramp[None], [(40, 80)], 20)[0]
+    out = maps_to_original(ramp[None], [(40, 80)], 20, crop_mode="center")[0]
     assert out.shape == (40, 80) and out.dtype == np.float32
     inner = out[:, 20:60]
     assert np.all(np.diff(inner, axis=1) >= 0)
     assert inner[:, 0].max() < 0.05 and inner[:, -1].min() > 0.95
     assert np.all(out[:, :20] == inner.min()) and np.all(out[:, 60:] == inner.min())
-    edge = maps_to_original([ramp], [(40, 80)], (20, 20), fill="edge")[0]
+    edge = maps_to_original([ramp], [(40, 80)], (20, 20), crop_mode="center", fill="edge")[0]
     np.testing.assert_array_equal(edge[:, :20], np.repeat(edge[:, 20:21], 20, axis=1))
     np.testing.assert_array_equal(edge[:, 60:], np.repeat(edge[:, 59:60], 20, axis=1))
-    const = maps_to_original([ramp], [(80, 40)], 20, fill=-1.0)[0]
+    const = maps_to_original([ramp], [(80, 40)], 20, crop_mode="center", fill=-1.0)[0]
     assert const.shape == (80, 40) and np.all(const[:20] == -1) and np.all(const[60:] == -1)
 
 
@@ -282,8 +283,8 @@ def test_maps_to_original_inverts_preprocessing(rng):
     yy, xx = np.mgrid[0:45, 0:90]
     smooth = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.float32)
     size = (32, 24)
-    x = preprocess(load_image(smooth, "s")[0], size, (0, 0, 0), (1, 1, 1))
-    back = maps_to_original(x[:1].numpy(), [(45, 90)], size)[0]
+    x = preprocess(load_image(smooth, "s")[0], size, (0, 0, 0), (1, 1, 1), "center")
+    back = maps_to_original(x[:1].numpy(), [(45, 90)], size, crop_mode="center")[0]
     (cols,) = np.nonzero(back[0] != back.min())  # the crop footprint
     lo, hi = cols.min() + 2, cols.max() - 2
     assert abs(np.mean(back[:, lo:hi] - smooth[:, lo:hi])) < 0.01
@@ -308,13 +309,13 @@ def test_masks_to_original_inverts_masks_to_input():
         mask = np.zeros((32, 32), bool)
         y, x = rng.integers(4, 20, size=2)
         mask[y : y + 9, x : x + 7] = True
-        full = masks_to_original(mask[None], [size], 32)[0]
+        full = masks_to_original(mask[None], [size], 32, crop_mode="center")[0]
         assert full.shape == size and full.dtype == bool
-        back = masks_to_input([full], 32)[0]
+        back = masks_to_input([full], 32, crop_mode="center")[0]
         iou = (back & mask).sum() / (back | mask).sum()
         assert iou > 0.85, (size, iou)
         # the borders the crop cut away are never marked
-        y0, y1, x0, x1 = crop_box(size, (32, 32))
+        y0, y1, x0, x1 = crop_box(size, (32, 32), "center")
         assert not full[:y0].any() and not full[y1:].any() and not full[:, :x0].any() and not full[:, x1:].any()
     with pytest.raises(ValueError, match="masks"):
         masks_to_original(np.zeros((2, 4, 4)), [(8, 8)], 4)

@@ -20,13 +20,14 @@ STEP_TYPES = [("vit", ViTPatchTransformer), ("lnamd", LNAMDTransformer), ("msm",
 # and the settings whose estimator defaults now differ from the paper's (aggregation, interval, filter, embedding).
 PAPER = {
     "vit__backbone": "open_clip:ViT-L-14-336", "vit__pretrained": "openai", "vit__image_size": 518,
-    "vit__layers": None, "vit__random_state": 0, "lnamd__r_list": (1, 3, 5), "lnamd__aggregation": "mean",
+    "vit__crop_mode": "center", "vit__layers": None, "vit__random_state": 0, "lnamd__r_list": (1, 3, 5),
+    "lnamd__aggregation": "mean",
     "msm__topmin_min": 0.0, "msm__topmin_max": 0.3, "msm__repeat_ratio": None, "msm__random_state": 0,
     "rscin__k_list": (1, 2, 3), "rscin__embedding": "image",
 }
 # The library's defaults after the backbone (benchmarks/RESULTS.md, "Beyond the paper").
-DEFAULTS = {"lnamd__aggregation": "similarity", "msm__topmin_max": 0.2, "rscin__k_list": (1, 7),
-            "rscin__embedding": "auto"}
+DEFAULTS = {"vit__crop_mode": "auto", "lnamd__aggregation": "similarity", "msm__topmin_max": 0.2,
+            "rscin__k_list": (1, 7), "rscin__embedding": "auto"}
 EXPECTED = {
     "default": {**PAPER, "vit__pretrained": True, **DEFAULTS},
     "paper-mvtec": PAPER,

@@ -55,7 +55,8 @@ def _print_demo_check(results, truth, masks):
     index = {Path(p).resolve(): i for i, p in enumerate(truth.paths)}
     order = [index[p.resolve()] for p in results.paths]
     labels, masks = truth.labels[order], masks[order]
-    maps = np.stack(maps_to_original(results.anomaly_maps, [m.shape for m in masks], results.input_size))
+    maps = np.stack(maps_to_original(results.anomaly_maps, [m.shape for m in masks], results.input_size,
+                                     crop_mode=results.crop_mode))
     found = results.labels == -1
     print(f"check against the planted defects: image AUROC {roc_auc_score(labels, results.scores):.3f}, "
           f"pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}; "

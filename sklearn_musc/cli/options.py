@@ -14,6 +14,7 @@ from .._backbones import check_weights_file, resolve_backbone
 from .._device import resolve_device
 from .._validation import check_contamination, check_int_list, check_size
 from ..conformal import check_level
+from ..geometry import CROP_MODES
 from ..images import IMAGE_SUFFIXES
 from ..presets import PRESETS, STEPS, available_presets, make_musc_pipeline, pretrained_from_options
 from .errors import InputError
@@ -22,11 +23,11 @@ from .outputs import output_names
 
 PRESET = PRESETS["default"]  # the backbone options' defaults (the demo has its own backbone and size)
 # options whose default is the --preset's value
-_PRESET_OPTIONS = {"r_list": "lnamd__r_list", "k_list": "rscin__k_list"}
+_PRESET_OPTIONS = {"r_list": "lnamd__r_list", "k_list": "rscin__k_list", "crop_mode": "vit__crop_mode"}
 
 # the options that define a model: fixed by --model, so refused beside it
-MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "layers", "preset", "r_list", "k_list",
-                 "contamination", "max_subset_size")
+MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "crop_mode", "layers", "preset", "r_list",
+                 "k_list", "contamination", "max_subset_size")
 MODEL_STEPS = list(STEPS)
 
 
@@ -73,6 +74,10 @@ def add_model_options(parser, *, backbone, image_size):
                         "own), or 'none' for random weights")
     g.add_argument("--weights", type=Path, default=None, help="local weights file (offline); overrides --pretrained")
     g.add_argument("--image-size", type=_image_size, default=image_size, help="N or HxW (default %(default)s)")
+    g.add_argument("--crop-mode", choices=CROP_MODES, default=None,
+                   help="how an image is fitted to the model input: centre crop, border (letterbox), squash, or "
+                        "auto (the crop for the input's aspect ratio, else squash: every pixel seen); default: "
+                        "the preset's, auto ('center' for the paper-* presets)")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="0-based blocks (default: 4 stage ends)")
     g.add_argument("--preset", choices=available_presets(), default="default",
                    help="settings after the backbone (sklearn_musc.presets): the library's defaults, or the "
@@ -93,10 +98,11 @@ def add_model_options(parser, *, backbone, image_size):
 
 
 def option(args, name):
-    """The value of a model option, or the ``--preset``'s when it was left out (``r_list``, ``k_list``)."""
+    """A model option's value, or the ``--preset``'s when it was left out (``r_list``, ``k_list``, ``crop_mode``)."""
     value = getattr(args, name)
     if value is None and name in _PRESET_OPTIONS:
-        return list(PRESETS[args.preset][_PRESET_OPTIONS[name]])
+        value = PRESETS[args.preset][_PRESET_OPTIONS[name]]
+        return list(value) if isinstance(value, tuple) else value
     return value
 
 
@@ -105,6 +111,7 @@ def build_pipeline(args, pretrained, novelty=False):
     return make_musc_pipeline(
         args.preset,
         vit__backbone=args.backbone, vit__pretrained=pretrained, vit__image_size=args.image_size,
+        vit__crop_mode=option(args, "crop_mode"),
         vit__layers=args.layers, vit__device=args.device, vit__batch_size=args.batch_size,
         vit__progress=not args.no_progress, lnamd__progress=not args.no_progress,
         msm__progress=not args.no_progress,

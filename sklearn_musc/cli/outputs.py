@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
 from .._colormap import jet_palette, unit_scale
-from ..geometry import masks_to_original, paste_to_original
+from ..geometry import dropped_fraction, masks_to_original, paste_to_original
 from ..images import as_rgb8, load_image
 from .errors import InputError
 from .inputs import RUN_MANIFEST
@@ -77,6 +77,10 @@ class ScoreResults:
         (height, width) of each image file, upright.
     input_size : (int, int)
         Model input (height, width).
+    crop_mode : str, default="auto"
+        How the images were fitted to the input
+        (``ViTPatchTransformer(crop_mode=...)``): maps and masks are put back
+        by its inverse, and what it cut away is reported.
     masks : ndarray of shape (n, H, W) or sequence of 2-D arrays, optional
         Binary anomaly masks per image, at the input size or at the image's
         original size (nonzero = anomalous); written as PNGs and outlined on
@@ -107,6 +111,7 @@ class ScoreResults:
     anomaly_maps: np.ndarray
     original_sizes: Sequence[Tuple[int, int]]
     input_size: Tuple[int, int]
+    crop_mode: str = "auto"
     masks: Optional[Sequence] = None
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -161,16 +166,26 @@ def output_names(names):
     return list(names)
 
 
+def _crop_summary(results, per_image):
+    """What the fit to the model input cut away: ``cut_away`` of each image entry, and the batch's totals."""
+    cut = [dropped_fraction(size, results.input_size, results.crop_mode) for size in results.original_sizes]
+    pixels = [h * w for h, w in results.original_sizes]
+    for entry, share in zip(per_image, cut):
+        entry["cut_away"] = round(share, 6)
+    total = sum(s * p for s, p in zip(cut, pixels)) / max(1, sum(pixels))
+    return {"mode": results.crop_mode, "images_cut": sum(s > 0 for s in cut), "pixels_cut": round(total, 6)}
+
+
 # --------------------------------------------------------------------------- overlays
 
 
-def _mask_png(mask, original_size, input_size):
+def _mask_png(mask, original_size, input_size, crop_mode="auto"):
     """A mask of the run (at the input size, or already at the image's) as the L image (0/255) it is saved as."""
     mask = np.asarray(mask)
     if mask.shape == tuple(original_size):
         full = mask > 0
     elif mask.shape == tuple(input_size):
-        full = masks_to_original([mask], [original_size], input_size)[0]
+        full = masks_to_original([mask], [original_size], input_size, crop_mode=crop_mode)[0]
     else:
         raise ValueError(
             f"a mask must have the input size {tuple(input_size)} or the image's size "
@@ -180,7 +195,7 @@ def _mask_png(mask, original_size, input_size):
 
 
 def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=0.5,
-                   palette=None):
+                   palette=None, crop_mode="auto"):
     """An image with its anomaly map (at the input size) on top, at the image's size.
 
     The map is put back on the image as :func:`~sklearn_musc.maps_to_original`
@@ -202,6 +217,8 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
         The colour scale.
     mask : ndarray or PIL L image, optional
         Binary mask at the input size or the image's size.
+    crop_mode : str, default="auto"
+        How the image was fitted to the input.
 
     Returns
     -------
@@ -211,7 +228,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     size = (base.height, base.width)
     values = np.asarray(anomaly_map, dtype=np.float32)
     index = np.rint(unit_scale(values, vmin, vmax) * 255.0).astype(np.uint8)  # colour indices 0..255
-    full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min")
+    full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min", crop_mode)
     full.putpalette(palette or jet_palette())  # L -> P: the index image, coloured on conversion
     out = Image.new("RGB", (size[1], size[0]))
     for y in range(0, size[0], _BAND_ROWS):
@@ -222,7 +239,7 @@ def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=
     del full
     if mask is not None:
         if not isinstance(mask, Image.Image):
-            mask = _mask_png(mask, size, input_size)
+            mask = _mask_png(mask, size, input_size, crop_mode)
         eroded = mask.filter(ImageFilter.MinFilter(3))
         outline = ImageChops.subtract(mask, eroded)
         out.paste((255, 255, 255), (0, 0), outline)
@@ -347,6 +364,7 @@ class OutputFolder:
         if pvalues is not None:
             for entry, p in zip(per_image, pvalues):
                 entry["pvalue"] = _finite(p)
+        crop = _crop_summary(results, per_image)
         maps_ = results.anomaly_maps
         vmin, vmax = (float(maps_.min()), float(maps_.max())) if maps_.size else (0.0, 0.0)
         palette = jet_palette()
@@ -363,7 +381,8 @@ class OutputFolder:
             for i, name in enumerate(names):
                 mask = None
                 if results.masks is not None:
-                    mask = _mask_png(results.masks[i], results.original_sizes[i], results.input_size)
+                    mask = _mask_png(results.masks[i], results.original_sizes[i], results.input_size,
+                                     results.crop_mode)
                     rel = f"masks/{name}.png"
                     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
                     mask.save(stage / rel, format="PNG")
@@ -372,7 +391,7 @@ class OutputFolder:
                 if overlays:
                     image, _ = load_image(str(results.paths[i]), str(results.paths[i]))
                     overlay = render_overlay(image, maps_[i], results.input_size, vmin, vmax,
-                                             mask=mask, palette=palette)
+                                             mask=mask, palette=palette, crop_mode=results.crop_mode)
                     del image
                     rel = f"overlays/{name}.png"
                     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +413,7 @@ class OutputFolder:
             "n_anomalous": results.n_anomalous,
             "threshold": _finite(results.threshold),
             "input_size": list(results.input_size),
+            "crop": crop,
             "colour_scale": [vmin, vmax],
             "images": per_image,
             "skipped": [{"path": a, "reason": b} for a, b in results.skipped],

@@ -88,10 +88,11 @@ def render_report(summary):
             picture = (f'<a href="{esc(src)}"><img src="{esc(src)}" loading="lazy" '
                        f'alt="overlay of {esc(r["path"])}"></a>')
         h, w = r["original_size"]
+        unseen = f", {100 * r['cut_away']:.1f} % not seen" if r.get("cut_away") else ""
         rows.append(
             f'<tr class="image {esc(r["label"])}" data-score="{r["score"]!r}">'
             f'<td class="num">{rank}</td><td class="path">{esc(r["path"])}<br>'
-            f'<small>{w} x {h} px</small></td><td class="num score">{_fmt(r["score"])}</td>'
+            f'<small>{w} x {h} px{unseen}</small></td><td class="num score">{_fmt(r["score"])}</td>'
             f'<td class="label">{esc(r["label"])}</td><td class="num">{_fmt(r["msm_score"])}</td>'
             + (f'<td class="num pvalue">{_fmt(r.get("pvalue"))}</td>' if with_p else "")
             + f'<td>{picture}</td></tr>'
@@ -119,6 +120,16 @@ def render_report(summary):
         else:
             drift = (f'<p class="meta drift">No drift alarm over {d["parts_seen"]} parts (largest martingale '
                      f'{d["martingale_max"]:.3g} &lt; {1 / d["level"]:.3g}, false-alarm level {d["level"]:g}).</p>')
+    crop = summary.get("crop") or {}
+    cropped = ""
+    if crop.get("images_cut"):
+        cropped = (f'<p class="meta crop alarm"><strong>Not seen</strong>: crop mode {esc(repr(crop["mode"]))} cut '
+                   f'away {100 * crop["pixels_cut"]:.1f} % of the pixels of {crop["images_cut"]} of {n} images; '
+                   "the model never saw them, so a defect there cannot be found (crop mode 'auto' shows whole "
+                   "images).</p>")
+    elif crop:
+        cropped = (f'<p class="meta crop">Crop mode {esc(repr(crop["mode"]))}: every pixel of every image '
+                   "was seen by the model.</p>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>sklearn-musc report</title>"
@@ -126,7 +137,7 @@ def render_report(summary):
         f"<h1>Anomaly scores of {n} images</h1>"
         f'<p class="meta">{flagged} anomalous, {n - flagged} normal; threshold '
         f'{_fmt(threshold)}. Overlays share one colour scale.</p>'
-        f"{decision}{drift}"
+        f"{decision}{drift}{cropped}"
         f'<p class="meta">{esc(setting_text)}</p>'
         f'<p class="meta">sklearn-musc {esc(version)}, {esc(str(summary.get("created", "")))}</p>'
         f"{_histogram([r['score'] for r in images], threshold)}"

@@ -146,7 +146,8 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
         detector_scores=msm.anomaly_scores_, threshold=threshold,
         anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
+        input_size=vit.input_size_, crop_mode=msm.crop_mode_, masks=masks, settings=dict(settings or {}),
+        timings=timings,
         skipped=skipped, pvalues=pvalues, decision=decision,
     )
 
@@ -170,7 +171,7 @@ def _settings(args, pipe, modality="rgb", cloud=None):
     settings = {
         "backbone": vit.backbone_, "pretrained": None if args.weights is not None else pretrained(args),
         "weights": str(args.weights) if args.weights is not None else None,
-        "image_size": list(vit.input_size_), "layers": list(vit.layers_),
+        "image_size": list(vit.input_size_), "crop_mode": vit.crop_mode, "layers": list(vit.layers_),
     } if modality != "3d" else {"backbone": None, "image_size": list(cloud.input_size_)}
     settings.update({
         "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
@@ -248,6 +249,8 @@ def run_score(args, directory, pretrained):
         references = None if refs is None else [s.rgb for s in refs]
         ref_xyz = None if refs is None else [s.xyz for s in refs]
     pipe = build_pipeline(args, pretrained)
+    if modality == "rgb+3d":  # the clouds are centre-cropped: the images must cover the same pixels
+        pipe.set_params(vit__crop_mode="center")
     t = time.perf_counter()
     cloud = None
     if modality != "3d":
@@ -331,6 +334,9 @@ def _check_modality(args, has_clouds):
     if modality != "rgb" and _preset_embedding(args) == "image":
         raise InputError(f"--preset {args.preset} re-scores on the backbone's image embedding, which point "
                          f"clouds do not have: use --preset default with --modality {modality}")
+    if modality == "rgb+3d" and getattr(args, "crop_mode", None) not in (None, "center"):
+        raise InputError(f"--crop-mode {args.crop_mode} is not supported with --modality rgb+3d: the point clouds "
+                         "are centre-cropped, so the images are too (leave --crop-mode out, or use --modality rgb)")
     if modality == "rgb+3d" and args.max_subset_size is not None:
         raise InputError("--max-subset-size is not supported with --modality rgb+3d (the fused detector "
                          "scores the whole batch): leave it out, or use --modality rgb or 3d")
@@ -573,7 +579,7 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=No
     return ScoreResults(
         paths=paths, names=names, scores=scores, labels=labels,
         detector_scores=new.scores, threshold=threshold, anomaly_maps=new.anomaly_maps,
-        original_sizes=new.original_sizes, input_size=vit.input_size_, masks=masks,
+        original_sizes=new.original_sizes, input_size=vit.input_size_, crop_mode=new.crop_mode, masks=masks,
         settings=dict(settings or {}), timings=timings, skipped=skipped, pvalues=new.pvalues,
         decision=decision, drift=drift,
     )
@@ -604,6 +610,7 @@ def run_score_model(args):
     announce_new(pipe["vit"], pool.features.shape[1], len(paths), pool.n_images, stage)
     settings = {"model": str(Path(args.model).resolve()), "pool_size": pipe["msm"].pool_.n_images,
                 "backbone": pipe["vit"].backbone_, "image_size": list(pipe["vit"].input_size_),
+                "crop_mode": pipe["vit"].crop_mode,
                 "device": str(device), "alpha": pipe["msm"].get_params().get("alpha"),
                 "drift_level": args.drift_level}
     with running():
