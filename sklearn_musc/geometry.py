@@ -169,7 +169,7 @@ def crop_box(original_size, target_size):
 
 
 def paste_to_original(small, original_size, target_size, resample, fill):
-    """An 8-bit image over the model input, put back on the original image.
+    """An 8-bit (or float32) image over the model input, put back on the original image.
 
     The image is resized into the :func:`crop_box` and the borders the crop
     cut away are filled. 8 bits a pixel: an overlay or mask of a large photo
@@ -178,7 +178,7 @@ def paste_to_original(small, original_size, target_size, resample, fill):
 
     Parameters
     ----------
-    small : PIL.Image.Image, mode "L"
+    small : PIL.Image.Image, mode "L" (or "F")
         The image over the model input, at any resolution.
     original_size : (int, int)
         (height, width) of the original image.
@@ -193,7 +193,7 @@ def paste_to_original(small, original_size, target_size, resample, fill):
 
     Returns
     -------
-    image : PIL.Image.Image, mode "L", of the original size
+    image : PIL.Image.Image, of ``small``'s mode and the original size
 
     Examples
     --------
@@ -207,7 +207,7 @@ def paste_to_original(small, original_size, target_size, resample, fill):
     inner = small.resize((x1 - x0, y1 - y0), resample)
     if fill == "min":
         fill = inner.getextrema()[0]
-    full = Image.new("L", (w0, h0), int(fill))
+    full = Image.new(small.mode, (w0, h0), fill if small.mode == "F" else int(fill))
     full.paste(inner, (x0, y0))
     return full
 

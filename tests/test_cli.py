@@ -233,7 +233,7 @@ def test_an_interrupted_run_leaves_no_file_that_looks_finished(image_dir, tmp_pa
 
     directory, _ = image_dir
     calls = []
-    original = _outputs.render_overlay
+    original = _outputs.anomaly_map_rgb
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -241,7 +241,7 @@ def test_an_interrupted_run_leaves_no_file_that_looks_finished(image_dir, tmp_pa
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_outputs, "render_overlay", interrupted)
+    monkeypatch.setattr(_outputs, "anomaly_map_rgb", interrupted)
     out = tmp_path / "o"
     rc, _, err = run(capsys, "score", directory, "--out", out, *RANDOM)
     assert rc == 130 and "interrupted" in err
