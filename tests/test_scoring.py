@@ -469,3 +469,24 @@ def test_repeat_ratio_finds_a_defect_copied_to_30_percent_of_a_synthetic_batch(r
     paper = dict(lnamd={"aggregation": "mean"}, topmin_max=0.3)
     assert _auroc(batch, **paper) < 0.8
     assert _auroc(batch, repeat_ratio=0.5, **paper) >= 0.95
+
+
+def test_check_batch_is_the_rule_fit_applies():
+    """check_batch says before any feature what fit would refuse: one rule, asked early by the command line."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((7, 1, 2, 2, 4)).astype(np.float32)
+    for params, n, ok in [(dict(max_subset_size=2), 7, False), (dict(max_subset_size=3), 7, True),
+                          (dict(n_subsets=4), 7, False), (dict(), 1, False), (dict(novelty=True), 1, True)]:
+        det = MutualScoringDetector(device="cpu", **params)
+        if ok:
+            assert det.check_batch(n) == (1 if n == 1 else max(det.n_subsets, -(-n // (det.max_subset_size or n))))
+            det.fit(X[:n])
+        else:
+            with pytest.raises(ValueError) as checked:
+                det.check_batch(n)
+            with pytest.raises(ValueError) as fitted:
+                det.fit(X[:n])
+            assert str(checked.value) == str(fitted.value)
+    with pytest.raises(ValueError, match="max_subset_size"):
+        MutualScoringDetector(max_subset_size=1).check_batch(10)
+    assert MutualScoringDetector(max_subset_size=2).check_batch(5, n_references=1) == 3  # refs join each subset
