@@ -39,7 +39,7 @@ import torch
 
 from bench_msm import baseline_sets, best_time, matmul_rate, sync
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
-from sklearn_musc._device import resolve_device
+from sklearn_musc.kernels import resolve_device
 
 
 def peak_memory(device):
