@@ -18,7 +18,7 @@ from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshol
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
 from ._progress import progress_bar
-from .thresholds import defect_masks, threshold_scores
+from .thresholds import defect_masks, labels_above, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
 
@@ -510,7 +510,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             return threshold, np.where(rejected, -1, 1)
         if self.alpha is not None:
             threshold = self._alpha_threshold()
-            return threshold, np.where(scores > threshold, -1, 1)
+            return threshold, labels_above(scores, threshold)
         return threshold_scores(scores, self.contamination, self.threshold)
 
     # ------------------------------------------------------------ conformal calibration
@@ -694,7 +694,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     def _image_scores(self, X, patch_scores, maps, scores, pvalues=None):
         masks = None
         if self.threshold_ is not None:  # None: a one-image pool without a threshold
-            masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1))
+            masks = defect_masks(maps, labels_above(scores, self.threshold_))
         return ImageScores(
             anomaly_masks=masks,
             threshold=self.threshold_,

@@ -30,7 +30,7 @@ from .._device import resolve_device
 from ..conformal import min_calibration_size
 from ..images import ImageFiles
 from ..monitoring import DriftMonitor
-from ..thresholds import threshold_scores
+from ..thresholds import labels_above
 from .errors import InputError, WeightsUnavailable, one_line, running
 from .estimate import announce, announce_new
 from .options import (MODEL_OPTIONS, MODEL_STEPS, ask, build_pipeline, check_options, collect_inputs, option,
@@ -303,7 +303,7 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=No
     labels, threshold, masks = rscin.predict(new), rscin.threshold_, rscin.predict_masks(new)
     decision = None
     if msm.alpha is not None:  # a calibrated model: the detector decides (p-value <= alpha), RsCIN still ranks
-        threshold, labels = threshold_scores(new.scores, None, new.threshold)  # the detector's threshold_
+        threshold, labels = new.threshold, labels_above(new.scores, new.threshold)  # the detector's rule
         masks = new.anomaly_masks
         decision = dict(rule="conformal", alpha=msm.alpha, calibration_size=msm.pool_.n_images,
                         text=f"p-value <= {msm.alpha:g} against the pool's {msm.pool_.n_images} references: a good "
