@@ -11,7 +11,7 @@
 matplotlib is an optional dependency (``pip install sklearn-musc[examples]``),
 imported only inside the functions that need it. :func:`anomaly_map_rgb` does
 not need it for ``cmap="jet"``: ``"jet"`` is always the built-in copy of
-matplotlib's ``jet`` (:mod:`sklearn_musc._colormap`, the same piecewise-linear
+matplotlib's ``jet`` (``sklearn_musc._colormap``, the same piecewise-linear
 segments), so the same inputs give the same overlay bytes with or without
 matplotlib; other colormap names need matplotlib, and a colormap may also be
 given as an (n_colors, 3 or 4) array.
