@@ -26,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from sklearn_musc import MutualScoringDetector, _msm, _msm_fused
-from sklearn_musc._device import resolve_device
+from sklearn_musc import MutualScoringDetector, kernels
+from sklearn_musc.kernels import resolve_device
 
 
 def sync(device):
@@ -78,7 +78,7 @@ def baseline(Z, k_min, k_max):
 def baseline_sets(features, topmin_max, device):
     """The reference's structure over every feature set: patch scores (N, h, w)."""
     n, n_sets, h, w, C = features.shape
-    k_min, k_max = _msm.interval_bounds(n, 0.0, topmin_max)
+    k_min, k_max = kernels.interval_bounds(n, 0.0, topmin_max)
     total = torch.zeros(n, h * w, device=device)
     for s in range(n_sets):
         Z = torch.as_tensor(features[:, s]).reshape(n, h * w, C).to(device, torch.float32)
@@ -92,9 +92,9 @@ def main(argv=None):
     parser.add_argument("--patches", type=int, default=196, help="patches per image (a square grid)")
     parser.add_argument("--dim", type=int, default=768, help="feature width")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--matmul-precision", default="float32", choices=_msm.PRECISIONS,
+    parser.add_argument("--matmul-precision", default="float32", choices=kernels.PRECISIONS,
                         help="MutualScoringDetector(matmul_precision=...)")
-    parser.add_argument("--algorithm", default="matmul", choices=_msm.ALGORITHMS)
+    parser.add_argument("--algorithm", default="matmul", choices=kernels.ALGORITHMS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true", help="only time this library")
     parser.add_argument("--radius", type=int, nargs="+", default=[],
@@ -114,20 +114,20 @@ def main(argv=None):
     base = torch.randn(1, L, C, generator=gen)
     Z = torch.nn.functional.normalize(base + 0.7 * torch.randn(n, L, C, generator=gen), dim=-1)
     features = Z.reshape(n, 1, side, side, C).numpy()
-    k_min, k_max = _msm.interval_bounds(n, 0.0, 0.3)
+    k_min, k_max = kernels.interval_bounds(n, 0.0, 0.3)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"size: N={n}, L={L}, C={C}, one feature set, matmul precision {args.matmul_precision}, "
           f"algorithm {args.algorithm}")
-    block = _msm.Plan(n, L, C, k_max, device, _msm.default_memory_budget(device)).block
+    block = kernels.Plan(n, L, C, k_max, device, kernels.default_memory_budget(device)).block
     det = MutualScoringDetector(device=str(device), matmul_precision=args.matmul_precision, algorithm=args.algorithm)
     start = time.perf_counter()
     det.fit(features)  # warm-up (and, for "fused" on CUDA, Triton's autotuning)
     warm = time.perf_counter() - start
     if args.algorithm == "fused" and device.type == "cuda":
-        tuned = _msm_fused._kernel("float32" if args.matmul_precision == "float32" else "tensor_cores")
+        tuned = kernels.tuned_kernel(args.matmul_precision)
         print(f"fused kernel: autotuner chose {tuned.best_config}")
     # interleaved, so both see the same machine: the best fit against the
     # best matmul sample of the same length

@@ -21,6 +21,7 @@ and the per-image time of a batch of new images (the products are batched).
 """
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
     parser.add_argument("--pretrained", default="none", help="tag, weights file, or 'none'")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone-kwargs", type=json.loads, default=None,
+                        help='JSON keyword arguments of the backbone, e.g. a small random one: {"depth": 4}')
     parser.add_argument("--pool", type=int, default=60, help="pool size N")
     parser.add_argument("--batch", type=int, default=8, help="new images scored in one call")
     parser.add_argument("--features-dtype", default="float32", choices=["float32", "float16"])
@@ -59,7 +62,8 @@ def main(argv=None):
     pretrained = None if args.pretrained == "none" else args.pretrained
     pipe = Pipeline([
         ("vit", ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
-                                    device="cpu", progress=False, random_state=0)),
+                                    backbone_kwargs=args.backbone_kwargs, device="cpu", progress=False,
+                                    random_state=0)),
         ("lnamd", LNAMDTransformer(device="cpu", dtype=args.features_dtype)),
         ("msm", MutualScoringDetector(novelty=True, device="cpu")),
     ])

@@ -39,7 +39,7 @@ import torch
 
 from bench_msm import baseline_sets, best_time, matmul_rate, sync
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
-from sklearn_musc._device import resolve_device
+from sklearn_musc.kernels import resolve_device
 
 
 def peak_memory(device):
@@ -56,8 +56,8 @@ def run(images, args):
     matmul_precision = args.matmul_precision if device.type == "cuda" else "float32"
     vit_precision = "bfloat16" if matmul_precision == "bfloat16" else "float32"
     vit = ViTPatchTransformer(backbone=args.backbone, pretrained=pretrained, image_size=args.image_size,
-                              device=str(device), batch_size=args.batch_size, progress=False,
-                              precision=vit_precision).fit()
+                              backbone_kwargs=args.backbone_kwargs, device=str(device),
+                              batch_size=args.batch_size, progress=False, precision=vit_precision).fit()
     lnamd = LNAMDTransformer(device=str(device), dtype=args.features_dtype,
                              **({"aggregation": args.aggregation} if args.aggregation else {}))
     msm = MutualScoringDetector(device=str(device), matmul_precision=matmul_precision, algorithm=args.algorithm)
@@ -143,6 +143,8 @@ def main(argv=None):
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
     parser.add_argument("--pretrained", default="none", help="tag, weights file, or 'none'")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone-kwargs", type=json.loads, default=None,
+                        help='JSON keyword arguments of the backbone, e.g. a small random one: {"depth": 4}')
     parser.add_argument("--device", default="auto")
     parser.add_argument("--matmul-precision", default="float32", choices=["float32", "tf32", "bfloat16"],
                         help="MutualScoringDetector(matmul_precision=...); bfloat16 also runs the ViT under "

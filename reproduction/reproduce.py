@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_musc import make_musc_pipeline, masks_to_input
-from sklearn_musc._backbones import resolve_backbone, resolve_pretrained
 from sklearn_musc.datasets import list_categories, load_btad, load_masks, load_mvtec, load_visa
 from sklearn_musc.metrics import evaluate, image_auroc
-from sklearn_musc.presets import PRESETS, pretrained_from_options
+from sklearn_musc.presets import PRESETS, pretrained_from_options, resolve_weights
 
 LOADERS = {"mvtec": load_mvtec, "visa": load_visa, "btad": load_btad}
 COLUMNS = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap", "pro",
@@ -109,8 +108,7 @@ def pretrained_arg(args):
 
 def settings_of(args):
     """Everything that changes the numbers; a stored category is reused only if these match."""
-    family, name = resolve_backbone(args.backbone)
-    kind, value = resolve_pretrained(family, name, pretrained_arg(args))
+    backbone, kind, value = resolve_weights(args.backbone, pretrained_arg(args))
     if kind == "file":
         weights = f"file {value} ({value.stat().st_size} bytes)"
     elif kind == "tag":
@@ -120,7 +118,7 @@ def settings_of(args):
     return dict(
         dataset=args.dataset, preset=preset_name(args.dataset, args.preset),
         data_root=str(Path(args.data_root).resolve()),
-        backbone=f"{family}:{name}", weights=weights, backbone_kwargs=args.backbone_kwargs,
+        backbone=backbone, weights=weights, backbone_kwargs=args.backbone_kwargs,
         image_size=args.image_size, r_list=list(args.r_list), k_list=list(args.k_list),
         topmin_max=args.topmin_max, max_subset_size=args.max_subset_size, n_subsets=args.n_subsets,
     )

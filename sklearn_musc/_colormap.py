@@ -4,12 +4,13 @@
 matplotlib Colormap or an array of colours) into an (n, 3) float table; the
 built-in ``jet`` is always used for ``"jet"``, whether or not matplotlib is
 installed, so an overlay is the same bytes on every machine.
-:func:`jet_palette` is that table as a 768-entry PIL palette (8 bits).
+The one overlay renderer, :func:`sklearn_musc.plotting.anomaly_map_rgb`,
+colours with these tables (the command line's overlays too).
 """
 
 import numpy as np
 
-__all__ = ["INSTALL_HINT", "jet_palette", "jet_table", "lookup_table", "unit_scale"]
+__all__ = ["INSTALL_HINT", "jet_table", "lookup_table", "unit_scale"]
 
 INSTALL_HINT = "pip install sklearn-musc[examples]"
 
@@ -29,12 +30,6 @@ def jet_table(n=256):
         xp, fp = zip(*segments)
         channels.append(np.interp(x, xp, fp))
     return np.stack(channels, axis=1)
-
-
-def jet_palette():
-    """The 256 colours of :func:`jet_table` as a flat list of 8-bit values (a PIL ``putpalette``)."""
-    lut = np.clip(np.rint(jet_table(256) * 255.0), 0, 255).astype(np.uint8)
-    return lut.reshape(-1).tolist()
 
 
 def lookup_table(cmap, n=256):

@@ -146,6 +146,11 @@ def _kernel(configs=None):
     return _kernels[configs]
 
 
+def tuned_kernel(matmul_precision):
+    """The autotuned kernel of a matmul precision (its ``best_config`` once it has run); needs Triton."""
+    return _kernel("float32" if matmul_precision == "float32" else "tensor_cores")
+
+
 def launch(A, B, T, pairs, a_off, b_off, L, C, matmul_precision):
     """Fold the maxima of ``A[ia] . B[jb]`` for every pair ``(ia, jb)`` into ``T``.
 
@@ -160,9 +165,8 @@ def launch(A, B, T, pairs, a_off, b_off, L, C, matmul_precision):
         _kernel()[grid](*args, C=C, BM=bm, BN=bn, BK=bk, PREC=prec)
     else:
         grid = lambda meta: (n_pairs * triton.cdiv(L, meta["BM"]) * triton.cdiv(L, meta["BN"]),)  # noqa: E731
-        configs = "float32" if matmul_precision == "float32" else "tensor_cores"
         # fp fusion named: no multiply-add here for it to change, and Triton 3.9 warns when it is not
-        _kernel(configs)[grid](*args, C=C, PREC=prec, enable_fp_fusion=True)
+        tuned_kernel(matmul_precision)[grid](*args, C=C, PREC=prec, enable_fp_fusion=True)
 
 
 def all_pairs(a0, a1, b0, b1, device):

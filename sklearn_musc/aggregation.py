@@ -184,11 +184,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         self : object
         """
         validate_params(self)
-        r_list = check_int_list(self.r_list, "r_list", odd=True)  # as a tuple of ints
         X = as_patch_tokens(X)
         _, n_layers, h, w, dim = X.tokens.shape
-        if max(r_list) > 2 * min(h, w) - 1:
-            raise ValueError(f"r_list {r_list} has a window larger than the {h} x {w} patch grid allows")
+        r_list = self.check_grid((h, w))
         self.device_ = resolve_device(self.device)
         self.n_layers_in_ = n_layers
         self.dim_in_ = dim
@@ -199,6 +197,38 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             self.set_index_ = tuple((layer, 0) for layer in layers)
         self._r_list = r_list
         return self
+
+    def check_grid(self, grid_size):
+        """Check the parameters against a patch grid, before any token is computed.
+
+        What :meth:`fit` checks of the parameters and the grid, without the
+        tokens: a caller about to run the backbone (the command line) asks it
+        first, so a window too large fails at once.
+
+        Parameters
+        ----------
+        grid_size : (int, int)
+            The patch grid (height, width) of the tokens to come
+            (``ViTPatchTransformer.grid_size_``).
+
+        Returns
+        -------
+        r_list : tuple of int
+            ``r_list`` as checked.
+
+        Raises
+        ------
+        ValueError
+            If a parameter is invalid, or the largest window of ``r_list``
+            is larger than the grid allows (``2 * min(grid_size) - 1``).
+        """
+        validate_params(self)
+        r_list = check_int_list(self.r_list, "r_list", odd=True)  # as a tuple of ints
+        h, w = (int(v) for v in grid_size)
+        if max(r_list) > 2 * min(h, w) - 1:
+            raise ValueError(f"r_list {r_list} has a window larger than the {h} x {w} patch grid allows "
+                             f"(at most {2 * min(h, w) - 1})")
+        return r_list
 
     def transform(self, X):
         """Aggregate the tokens into unit-norm feature sets.

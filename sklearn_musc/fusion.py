@@ -16,8 +16,8 @@ from ._device import resolve_device
 from ._msm import interval_bounds
 from ._novelty import NoveltyMixin
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
-from .thresholds import defect_masks, threshold_scores
 from .geometry import fit_geometry
+from .thresholds import defect_masks, labels_above, threshold_scores
 from ._validation import CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags, validate_params
 
 __all__ = ["CrossModalDetector"]
@@ -271,7 +271,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
 
     def _image_scores(self, rgb, out, pvalues=None):
         _, _, _, maps, scores, joined = out
-        labels = np.where(scores > self.threshold_, -1, 1)
+        labels = labels_above(scores, self.threshold_)
         return ImageScores(scores=scores, embeddings=None, salient_features=joined, sources=rgb.sources,
                            anomaly_maps=maps, input_size=rgb.input_size, original_sizes=rgb.original_sizes,
                            crop_mode=rgb.crop_mode,

@@ -356,7 +356,7 @@ def _to_original(values, original_size, input_size, crop_mode, resample=Image.BI
 
 
 def paste_to_original(small, original_size, target_size, resample=Image.BILINEAR, fill=0, crop_mode="auto"):
-    """An 8-bit image over the model input, put back on the original image.
+    """An 8-bit (or float32) image over the model input, put back on the original image.
 
     The inverse of ``crop_mode``'s fit (:func:`fit_geometry`): each original
     pixel takes the value where its centre landed in the input, and the
@@ -366,7 +366,7 @@ def paste_to_original(small, original_size, target_size, resample=Image.BILINEAR
 
     Parameters
     ----------
-    small : PIL.Image.Image, mode "L"
+    small : PIL.Image.Image, mode "L" (or "F")
         The image over the model input, at any resolution.
     original_size : (int, int)
         (height, width) of the original image.
@@ -383,7 +383,7 @@ def paste_to_original(small, original_size, target_size, resample=Image.BILINEAR
 
     Returns
     -------
-    image : PIL.Image.Image, mode "L", of the original size
+    image : PIL.Image.Image, of ``small``'s mode and the original size
 
     Examples
     --------
@@ -393,7 +393,8 @@ def paste_to_original(small, original_size, target_size, resample=Image.BILINEAR
     ((60, 30), 0, 200)
     """
     h0, w0 = check_size(original_size, "original size")
-    values = np.asarray(small.convert("L"), dtype=np.uint8)
+    values = (np.asarray(small, dtype=np.float32) if small.mode == "F"
+              else np.asarray(small.convert("L"), dtype=np.uint8))
     full, (y0, y1, x0, x1) = _to_original(values, (h0, w0), check_size(target_size, "input_size"),
                                           crop_mode, resample)
     if (y0, y1, x0, x1) == (0, h0, 0, w0):
@@ -401,9 +402,9 @@ def paste_to_original(small, original_size, target_size, resample=Image.BILINEAR
     inner = full.crop((x0, y0, x1, y1))
     if fill == "min":
         fill = inner.getextrema()[0]
-    out = Image.new("L", (w0, h0), int(fill))
-    out.paste(inner, (x0, y0))
-    return out
+    full = Image.new(small.mode, (w0, h0), fill if small.mode == "F" else int(fill))
+    full.paste(inner, (x0, y0))
+    return full
 
 
 def preprocess(image, size, mean, std, crop_mode="auto"):

@@ -1,7 +1,8 @@
 """Anomaly maps drawn over their images.
 
 * :func:`anomaly_map_rgb` blends an image and its anomaly map into an RGB
-  array (and draws the outline of a ground-truth mask in), with no figure.
+  array (and draws the outline of a ground-truth mask in), with no figure:
+  the one overlay renderer, which the command line's overlay PNGs use too.
 * :func:`overlay_anomaly_map` draws one overlay on a matplotlib Axes.
 * :func:`plot_anomaly_grid` draws a whole batch as a grid of overlays.
 * :func:`normalization_bounds` gives the (vmin, vmax) of each map for the
@@ -10,8 +11,8 @@
 matplotlib is an optional dependency (``pip install sklearn-musc[examples]``),
 imported only inside the functions that need it. :func:`anomaly_map_rgb` does
 not need it for ``cmap="jet"``: ``"jet"`` is always the built-in copy of
-matplotlib's ``jet`` (the same piecewise-linear segments, so the colours agree
-to within rounding), so the same inputs give the same overlay with or without
+matplotlib's ``jet`` (``sklearn_musc._colormap``, the same piecewise-linear
+segments), so the same inputs give the same overlay bytes with or without
 matplotlib; other colormap names need matplotlib, and a colormap may also be
 given as an (n_colors, 3 or 4) array.
 """
@@ -19,13 +20,16 @@ given as an (n_colors, 3 or 4) array.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from ._colormap import INSTALL_HINT, lookup_table, unit_scale
-from .geometry import resize_map, resize_mask
-from .images import read_rgb
+from ._validation import check_size
+from .geometry import masks_to_original, paste_to_original, resize_map, resize_mask
+from .images import load_image, read_rgb
 
 __all__ = [
     "anomaly_map_rgb",
@@ -127,12 +131,52 @@ def normalization_bounds(anomaly_maps, normalize="batch"):
     return np.tile([vmin, vmax], (len(maps), 1)).astype(np.float64)
 
 
-def _outline(mask, width):
-    """Inner boundary pixels of a binary mask (the image border is not a boundary)."""
-    if not mask.any():
-        return mask
-    eroded = ndimage.binary_erosion(mask, iterations=width, border_value=1)
-    return mask & ~eroded
+_BAND_PIXELS = 1 << 18  # pixels coloured and blended at once: bounds the temporary memory of a large photo
+
+
+def _outline_rows(mask, width, y0, y1):
+    """Inner boundary pixels of a binary mask in rows ``y0:y1`` (the image border is not a boundary).
+
+    The erosion reaches ``width`` pixels, so rows ``y0 - width : y1 + width``
+    give the band's outline exactly; a large mask never needs a full-size
+    temporary.
+    """
+    lo, hi = max(0, y0 - width), min(mask.shape[0], y1 + width)
+    part = mask[lo:hi]
+    if not part.any():
+        return np.zeros((y1 - y0, mask.shape[1]), dtype=bool)
+    eroded = ndimage.binary_erosion(part, iterations=width, border_value=1)
+    return (part & ~eroded)[y0 - lo : y1 - lo]
+
+
+def _place_mask(mask, size, input_size, crop_mode="auto"):
+    """A mask at the image's size: as it is, put back from the model input, or resized (nearest)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2 and mask.shape != tuple(size) and input_size is not None:
+        return masks_to_original([mask], [size], input_size, crop_mode=crop_mode)[0]
+    return resize_mask(mask, size)
+
+
+def _image_rows(image):
+    """The decoded image's (height, width) and a function giving rows ``y0:y1`` as float64 in [0, 1].
+
+    Files and PIL images are decoded as the model decodes them
+    (:func:`~sklearn_musc.images.load_image`) and stay 8-bit until a band
+    is blended; arrays are read as :func:`~sklearn_musc.images.read_rgb`
+    reads them, in float64.
+    """
+    if isinstance(image, (str, os.PathLike, Image.Image)):
+        decoded = load_image(image)[0]
+    else:
+        decoded = read_rgb(image, dtype=np.float64)
+    if isinstance(decoded, Image.Image):
+        width = decoded.width
+
+        def rows(y0, y1):
+            return np.asarray(decoded.crop((0, y0, width, y1)), dtype=np.float64) / 255.0
+
+        return (decoded.height, width), rows
+    return decoded.shape[:2], lambda y0, y1: decoded[y0:y1].astype(np.float64, copy=False)
 
 
 def anomaly_map_rgb(
@@ -145,14 +189,21 @@ def anomaly_map_rgb(
     mask=None,
     outline_color=(255, 255, 255),
     outline_width=1,
+    input_size=None,
+    crop_mode="auto",
 ):
     """An image with its anomaly map blended on top, as an RGB array.
 
-    The map is resized to the image (bilinear) when their sizes differ, scaled
-    by ``(vmin, vmax)`` (values outside are clipped), coloured with ``cmap``
-    and blended: ``(1 - alpha) * image + alpha * colours``. The outline of
-    ``mask`` (its boundary pixels, found as the mask minus its binary erosion)
-    is then painted in ``outline_color``.
+    The one overlay renderer of the library: the command line's
+    ``overlays/*.png`` are drawn by it. The map is put on the image
+    (bilinear: stretched over the whole image, or with ``input_size`` placed
+    where the model saw it), scaled by ``(vmin, vmax)`` (values outside are
+    clipped), coloured with ``cmap`` and blended:
+    ``(1 - alpha) * image + alpha * colours``. The outline of ``mask`` (its
+    boundary pixels, found as the mask minus its binary erosion) is then
+    painted in ``outline_color``. The image is coloured and blended in bands
+    of rows and the resized map is float32, so a large photo needs little
+    more memory than the image and the output themselves.
 
     Parameters
     ----------
@@ -169,16 +220,29 @@ def anomaly_map_rgb(
     alpha : float in [0, 1], default=0.5
         Weight of the heat map.
     cmap : str, matplotlib Colormap or array of shape (n_colors, 3 or 4), default="jet"
-        The colormap. ``"jet"`` works without matplotlib (a built-in copy);
-        other names need it. An array is used as a lookup table (uint8, or
-        float in [0, 1]).
+        The colormap. ``"jet"`` works without matplotlib (a built-in copy),
+        so a jet overlay is the same bytes with or without matplotlib; other
+        names need it. An array is used as a lookup table (uint8, or float in
+        [0, 1]).
     mask : array-like of shape (h', w'), optional
-        A ground-truth mask (nonzero = anomalous), resized to the image with
-        nearest-neighbour interpolation; its outline is drawn in.
+        A ground-truth mask (nonzero = anomalous); its outline is drawn in.
+        A mask of another size than the image is resized to it (nearest
+        neighbour), or, with ``input_size``, put back from the model input
+        as :func:`~sklearn_musc.geometry.masks_to_original` does.
     outline_color : (int, int, int), default=(255, 255, 255)
         The RGB colour of the outline.
     outline_width : int, default=1
         The outline's width in pixels, inside the mask.
+    input_size : (int, int), optional
+        The model input the map covers (``MutualScoringDetector.input_size_``):
+        the map is then placed on the region of the image the model saw and
+        the borders it did not see get the map's minimum, as
+        :func:`~sklearn_musc.geometry.maps_to_original` places maps. By
+        default the map covers the whole image.
+    crop_mode : {"auto", "center", "border", "squash"}, default="auto"
+        With ``input_size``: how the image was fitted to the model input
+        (``ViTPatchTransformer(crop_mode=...)``, the detector's
+        ``crop_mode_``).
 
     Returns
     -------
@@ -196,24 +260,41 @@ def anomaly_map_rgb(
     >>> out[0, 0].tolist(), out[4, 4].tolist()    # jet's first and last colours
     ([0, 0, 128], [128, 0, 0])
     """
-    rgb = read_rgb(image, dtype=np.float64)  # decoded as the model decodes it
-    size = rgb.shape[:2]
-    values = resize_map(_as_map(anomaly_map), size)
+    (height, width), rows = _image_rows(image)
+    size = (height, width)
+    values = _as_map(anomaly_map)
     vmin, vmax = _check_bounds(vmin, vmax)
     alpha = _check_alpha(alpha)
     lut = lookup_table(cmap)
-    t = unit_scale(values, vmin, vmax)
-    index = np.minimum((t * len(lut)).astype(np.intp), len(lut) - 1)
-    blended = (1.0 - alpha) * rgb + alpha * lut[index]
-    out = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+    colour = None
     if mask is not None:
-        width = int(outline_width)
-        if width < 1:
+        outline_width = int(outline_width)
+        if outline_width < 1:
             raise ValueError(f"outline_width must be at least 1, got {outline_width!r}")
         colour = np.asarray(outline_color)
         if colour.shape != (3,):
             raise ValueError(f"outline_color must be an (r, g, b) triple, got {outline_color!r}")
-        out[_outline(resize_mask(mask, size), width)] = np.clip(colour, 0, 255).astype(np.uint8)
+        colour = np.clip(colour, 0, 255).astype(np.uint8)
+        mask = _place_mask(mask, size, input_size, crop_mode)
+    # the map placed on the image as a float32 PIL image: 4 bytes a pixel, no float64 copy
+    if input_size is not None:
+        placed = paste_to_original(Image.fromarray(values.astype(np.float32)), size,
+                                   check_size(input_size, "input_size"), Image.BILINEAR, "min", crop_mode)
+    elif values.shape != size:
+        placed = Image.fromarray(values.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    else:
+        placed = None  # already at the image's size: the values themselves
+    n_colors = len(lut)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    step = max(1, _BAND_PIXELS // width)
+    for y0 in range(0, height, step):
+        y1 = min(height, y0 + step)
+        band = values[y0:y1] if placed is None else np.asarray(placed.crop((0, y0, width, y1)), np.float64)
+        index = np.minimum((unit_scale(band, vmin, vmax) * n_colors).astype(np.intp), n_colors - 1)
+        blended = (1.0 - alpha) * rows(y0, y1) + alpha * lut[index]
+        out[y0:y1] = np.clip(np.rint(blended * 255.0), 0, 255)
+        if mask is not None:
+            out[y0:y1][_outline_rows(mask, outline_width, y0, y1)] = colour
     return out
 
 

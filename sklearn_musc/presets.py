@@ -32,6 +32,7 @@ from types import MappingProxyType
 
 from sklearn.pipeline import Pipeline
 
+from ._backbones import resolve_backbone, resolve_pretrained
 from .aggregation import LNAMDTransformer
 from .features import ViTPatchTransformer
 from .rescoring import RsCINRescorer
@@ -39,7 +40,7 @@ from .scoring import MutualScoringDetector
 
 STEPS = ("vit", "lnamd", "msm", "rscin")
 
-__all__ = ["PRESETS", "available_presets", "make_musc_pipeline", "pretrained_from_options"]
+__all__ = ["PRESETS", "available_presets", "make_musc_pipeline", "pretrained_from_options", "resolve_weights"]
 
 # The paper's setting (docs/algorithm.rst): open_clip ViT-L-14-336 with the
 # "openai" weights at 518 px, images centre-cropped, LNAMD degrees 1, 3, 5 averaged, the interval
@@ -195,3 +196,37 @@ def pretrained_from_options(pretrained=None, weights=None):
     if pretrained is None:
         return True
     return None if pretrained.lower() == "none" else pretrained
+
+
+def resolve_weights(backbone, pretrained=True):
+    """Which backbone and weights ``ViTPatchTransformer(backbone, pretrained=...)`` loads, without loading them.
+
+    The same resolution as the transformer's ``fit`` (names, tags, files), so
+    a record of a run (``reproduction/reproduce.py``) says what was loaded.
+
+    Parameters
+    ----------
+    backbone : str
+        ``"open_clip:NAME"``, ``"timm:NAME"`` or a bare name.
+    pretrained : str, path, True or None, default=True
+        As ``ViTPatchTransformer(pretrained=...)`` (see :func:`pretrained_from_options`).
+
+    Returns
+    -------
+    backbone : str
+        ``"family:name"``, as ``ViTPatchTransformer.backbone_``.
+    kind : {"file", "tag", "none"}
+        A local weights file, a pretrained tag, or random initialisation.
+    value : pathlib.Path, str, True or None
+        The absolute path of the file; the tag (True: the backbone's own
+        default); None.
+
+    Examples
+    --------
+    >>> from sklearn_musc.presets import resolve_weights
+    >>> resolve_weights("timm:vit_small_patch14_dinov2", None)
+    ('timm:vit_small_patch14_dinov2', 'none', None)
+    """
+    family, name = resolve_backbone(backbone)
+    kind, value = resolve_pretrained(family, name, pretrained)
+    return f"{family}:{name}", kind, value

@@ -18,7 +18,7 @@ from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshol
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
 from ._progress import progress_bar
-from .thresholds import defect_masks, threshold_scores
+from .thresholds import defect_masks, labels_above, threshold_scores
 from ._validation import (CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags,
                           validate_params)
 
@@ -411,12 +411,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             _check_compatible(refs, X, "the references", "the batch")
         n = X.n_images
         n_refs = 0 if refs is None else refs.n_images
-        if n + n_refs < 2 and not self.novelty:
-            raise ValueError(
-                f"mutual scoring needs at least 2 images in the batch, got {n}: "
-                "an image alone has nothing to be compared with (a single reference "
-                "can score new images: novelty=True)"
-            )
+        self._check_batch_size(n, n_refs)
         self.device_ = resolve_device(self.device)
         if n + n_refs < 2:  # a pool of one image (a golden sample): it scores, it is not scored
             if self.fdr is not None or self.alpha is not None:
@@ -520,7 +515,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             return threshold, np.where(rejected, -1, 1)
         if self.alpha is not None:
             threshold = self._alpha_threshold()
-            return threshold, np.where(scores > threshold, -1, 1)
+            return threshold, labels_above(scores, threshold)
         return threshold_scores(scores, self.contamination, self.threshold)
 
     # ------------------------------------------------------------ conformal calibration
@@ -635,16 +630,62 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 bar.update(pairs)
             return results
 
-    def _split(self, n, n_refs=0):
+    def check_batch(self, n_images, n_references=0):
+        """Check the parameters against a batch size, before any feature is computed.
+
+        What :meth:`fit` checks of the parameters and the batch, without the
+        features: the parameter table, that mutual scoring has 2 images or
+        more (or a pool with ``novelty=True``), and that the subsets
+        (``n_subsets``, ``max_subset_size``) hold 2 images or more each. A
+        caller about to run the backbone (the command line) asks it first, so
+        a bad setting fails in a second, not after the long computation.
+
+        Parameters
+        ----------
+        n_images : int
+            Images of the batch ``fit`` will be given.
+        n_references : int, default=0
+            Known-normal images of ``fit``'s ``references``.
+
+        Returns
+        -------
+        n_subsets : int
+            The number of subsets the batch will be scored in.
+
+        Raises
+        ------
+        ValueError
+            If a parameter is invalid or the batch cannot be scored with it.
+        """
+        self._check_params()
+        self._check_batch_size(n_images, n_references)
+        if n_images + n_references < 2:  # a one-image pool: nothing is split
+            return 1
+        return self._n_subsets(n_images, n_references)
+
+    def _check_batch_size(self, n, n_refs):
+        if n + n_refs < 2 and not self.novelty:
+            raise ValueError(
+                f"mutual scoring needs at least 2 images in the batch, got {n}: "
+                "an image alone has nothing to be compared with (a single reference "
+                "can score new images: novelty=True)"
+            )
+
+    def _n_subsets(self, n, n_refs):
         n_subsets = self.n_subsets
         if self.max_subset_size is not None:
             n_subsets = max(n_subsets, math.ceil(n / self.max_subset_size))
+        if n_subsets > 1 and n // n_subsets + n_refs < 2:
+            raise ValueError(
+                f"{n} images cannot be split into {n_subsets} subsets of 2 images or more "
+                f"(n_subsets={self.n_subsets}, max_subset_size={self.max_subset_size})"
+            )
+        return n_subsets
+
+    def _split(self, n, n_refs=0):
+        n_subsets = self._n_subsets(n, n_refs)
         if n_subsets == 1:
             return [np.arange(n)]
-        if n // n_subsets + n_refs < 2:
-            raise ValueError(
-                f"{n} images cannot be split into {n_subsets} subsets of 2 images or more"
-            )
         order = check_random_state(self.random_state).permutation(n)
         return [np.sort(part) for part in np.array_split(order, n_subsets)]
 
@@ -658,7 +699,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     def _image_scores(self, X, patch_scores, maps, scores, pvalues=None):
         masks = None
         if self.threshold_ is not None:  # None: a one-image pool without a threshold
-            masks = defect_masks(maps, np.where(scores > self.threshold_, -1, 1))
+            masks = defect_masks(maps, labels_above(scores, self.threshold_))
         return ImageScores(
             anomaly_masks=masks,
             threshold=self.threshold_,

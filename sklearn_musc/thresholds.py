@@ -155,6 +155,16 @@ def auto_threshold(scores, *, n_sigma=4.5, bic_margin=10.0, min_weight=0.2, skew
     return centre + n_sigma * robust_scale(scores, centre, upper=True)[0]
 
 
+def labels_above(scores, threshold):
+    """Labels of anomaly ``scores`` at ``threshold``: -1 strictly above it, 1 otherwise.
+
+    The one rule that turns a threshold into labels (scikit-learn's outlier
+    convention): every estimator's ``labels_`` and masks, and the command
+    line's labels of new images, use it.
+    """
+    return np.where(np.asarray(scores) > threshold, -1, 1)
+
+
 def threshold_scores(scores, contamination, threshold=None):
     """Return ``(threshold, labels)`` for anomaly ``scores`` (higher = worse).
 
@@ -178,8 +188,7 @@ def threshold_scores(scores, contamination, threshold=None):
         threshold = auto_threshold(scores)
     else:
         threshold = float(np.percentile(scores, 100.0 * (1.0 - contamination)))
-    labels = np.where(scores > threshold, -1, 1)
-    return float(threshold), labels
+    return float(threshold), labels_above(scores, threshold)
 
 
 def defect_masks(maps, labels):

@@ -13,9 +13,9 @@ permutation of the good images) and removed from the scored batch B. On B:
 All of these are interval averages of one table per category: for every image i,
 feature set s, patch p and scorer image j, the best dot product of patch p of i
 among the patches of j. The script computes that table once per category with the
-library's own kernel (``_msm.max_similarity_table``, what ``fit`` uses) and caches it
+library's own kernel (``kernels.max_similarity_table``, what ``fit`` uses) and caches it
 under ``$MUSC_STUDIES`` (default ``/tmp/musc-studies``); every setting above is then a
-choice of scorer columns and of (k_min, k_max) (``_msm.interval_average``). That costs
+choice of scorer columns and of (k_min, k_max) (``kernels.interval_average``). That costs
 one zero-shot fit per category instead of ~13. ``--check CATEGORY`` verifies, with the
 public estimators, that the derived scores and maps equal those of the API.
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cache import TUNE, categories, load  # noqa: E402
 
 from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
-from sklearn_musc import _msm  # noqa: E402
+from sklearn_musc import kernels  # noqa: E402
 from sklearn_musc import ImageScores  # noqa: E402
 from sklearn_musc.metrics import evaluate, image_auroc  # noqa: E402
 
@@ -73,12 +73,12 @@ def table(category):
     n, n_sets, h, w, dim = X.shape
     L = h * w
     device = torch.device("cpu")
-    plan = _msm.Plan(n, L, dim, n - 1, device, _msm.default_memory_budget(device))
+    plan = kernels.Plan(n, L, dim, n - 1, device, kernels.default_memory_budget(device))
     out = np.empty((n, n_sets, L, n), dtype=np.float32)
     with torch.inference_mode():
         for s in range(n_sets):
             Z = F.normalize(torch.as_tensor(X[:, s]).reshape(n, L, dim).float(), dim=-1)
-            out[:, s] = _msm.max_similarity_table(Z, plan).numpy()
+            out[:, s] = kernels.max_similarity_table(Z, plan).numpy()
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
     tmp.replace(path)
@@ -98,7 +98,7 @@ def patch_scores(T, rows, cols, k_bounds, grid=(16, 16)):
     with torch.inference_mode():
         sub = torch.as_tensor(np.ascontiguousarray(T[rows][..., cols]))  # (n, S, L, c)
         n, S, L, c = sub.shape
-        avg = _msm.interval_average(sub.reshape(n * S, L, c), k_min, k_max)  # (n*S, L)
+        avg = kernels.interval_average(sub.reshape(n * S, L, c), k_min, k_max)  # (n*S, L)
         return avg.reshape(n, S, L).mean(dim=1).reshape((n,) + grid).numpy()
 
 
@@ -120,7 +120,7 @@ def metrics(labels, masks, ps, emb=None):
 
 
 def bounds(n_images, topmin=TOPMIN):
-    return _msm.interval_bounds(n_images, *topmin)
+    return kernels.interval_bounds(n_images, *topmin)
 
 
 def draw_refs(labels, seed):

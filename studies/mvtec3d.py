@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn_musc import (CrossModalDetector, LNAMDTransformer, MultimodalFeatures,  # noqa: E402
                           MutualScoringDetector, PointCloudPatchTransformer, RsCINRescorer, ViTPatchTransformer,
                           masks_to_input)
-from sklearn_musc import _pointcloud_kernels as geo  # noqa: E402
+from sklearn_musc import kernels as geo  # noqa: E402
 from sklearn_musc.datasets import load_masks, load_mvtec3d, read_xyz  # noqa: E402
 from sklearn_musc.images import read_rgb  # noqa: E402
 from sklearn_musc.metrics import image_ap, image_auroc, pixel_auroc, pro_score, pro_score_sampled  # noqa: E402

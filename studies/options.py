@@ -12,9 +12,11 @@ Settings: LNAMD ("mean") or SNAMD ("similarity") aggregation, the topmin
 interval, the repeated-defect filter (``repeat_ratio``), subsets of the four
 cached layers (blocks 2, 5, 8, 11); RsCIN with the class token or the salient
 patch feature, windows (1, 2, 3) and (1, 7). Every setting is written out
-(nothing relies on the estimators' defaults, which this study chose). The
-seconds recorded are not timings: the settings of one aggregation share
-their products (see ``_remember_tables``); ``benchmarks/`` times.
+(nothing relies on the estimators' defaults, which this study chose). Every
+setting runs ``MutualScoringDetector.fit`` as users do, its products
+included (an earlier version shared them between the settings of one
+aggregation by replacing a private kernel at run time); the seconds recorded
+are the study's, ``benchmarks/`` times.
 """
 
 import dataclasses
@@ -54,30 +56,6 @@ SETTINGS = {
 }
 
 
-def _remember_tables():
-    """The MSM settings of one aggregation share their tables of best matches: compute each once.
-
-    Every setting still runs ``MutualScoringDetector.fit`` as users do; only
-    the products are not repeated (keyed by the content of the feature set).
-    """
-    import hashlib
-
-    from sklearn_musc import _msm
-
-    compute, memo = _msm.max_similarity_table, {}
-
-    def table(Z, plan, *args, **kwargs):
-        key = (tuple(Z.shape), hashlib.sha1(Z.contiguous().numpy().tobytes()).hexdigest(), args, tuple(kwargs.items()))
-        if key not in memo:
-            if len(memo) > 6:  # one category's sets at a time
-                memo.clear()
-            memo[key] = compute(Z, plan, *args, **kwargs)
-        return memo[key]
-
-    _msm.max_similarity_table = table
-
-
-_remember_tables()
 RSCIN = {
     "none": None,
     "class k123 (paper)": dict(embedding="image", k_list=(1, 2, 3)),

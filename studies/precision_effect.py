@@ -5,7 +5,7 @@ the matrix products (the unit-norm features) to a 10-bit (TF32) or 8-bit
 (bfloat16) mantissa on CUDA tensor cores, and keeps sums, maxima and
 distances in float32. The rounding is deterministic, so it can be reproduced
 exactly on any machine: off CUDA the package's batch kernel
-(``sklearn_musc._msm_batch.score_batch``, which the detector runs, and which
+(``sklearn_musc.kernels.score_batch``, which the detector runs, and which
 unlike the detector accepts these precisions on the CPU) rounds the features
 the same way and multiplies them in float32; this script compares patch
 scores, image scores and the metrics with the exact float32 run. Each precision is also run on feature
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sklearn_musc import LNAMDTransformer, ViTPatchTransformer, _msm, masks_to_input
-from sklearn_musc._msm_batch import score_batch
+from sklearn_musc import LNAMDTransformer, ViTPatchTransformer, kernels, masks_to_input
 from sklearn_musc.datasets import load_masks, load_mvtec
+from sklearn_musc.kernels import score_batch
 from sklearn_musc.metrics import image_auroc, pixel_auroc
 
 
@@ -55,11 +55,11 @@ def main(argv=None):
         data = load_mvtec(args.data_root, category)
         feats = LNAMDTransformer(device="cpu").fit_transform(vit.transform(data.paths))
         masks = masks_to_input(list(load_masks(data)), vit.input_size_)
-        k_bounds = _msm.interval_bounds(len(data.paths), 0.0, 0.3)
+        k_bounds = kernels.interval_bounds(len(data.paths), 0.0, 0.3)
         exact = None
         for storage in (np.float32, np.float16):
             stored = feats.features.astype(storage, copy=False)  # = LNAMDTransformer(dtype=storage)
-            for name in _msm.PRECISIONS:
+            for name in kernels.PRECISIONS:
                 scores = patch_scores(stored, name, k_bounds)
                 maps = F.interpolate(torch.from_numpy(scores)[:, None], size=vit.input_size_, mode="bilinear",
                                      align_corners=True)[:, 0].numpy()

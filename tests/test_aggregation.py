@@ -125,3 +125,16 @@ def test_float16_storage_is_the_float32_result_rounded(rng, aggregation):
     assert half.features.dtype == np.float16 and half.features.nbytes * 2 == exact.features.nbytes
     assert np.array_equal(half.features, exact.features.astype(np.float16))
     assert half.set_index == exact.set_index
+
+
+def test_check_grid_is_the_rule_fit_applies():
+    """check_grid says before any token what fit would refuse, with the largest window allowed."""
+    tokens = np.zeros((2, 1, 3, 4, 8), dtype=np.float32)
+    assert LNAMDTransformer(r_list=(1, 5)).check_grid((3, 4)) == (1, 5)
+    with pytest.raises(ValueError, match=r"3 x 4 patch grid allows \(at most 5\)") as checked:
+        LNAMDTransformer(r_list=(1, 7)).check_grid((3, 4))
+    with pytest.raises(ValueError) as fitted:
+        LNAMDTransformer(r_list=(1, 7), device="cpu").fit(tokens)
+    assert str(checked.value) == str(fitted.value)
+    with pytest.raises(ValueError, match="odd"):
+        LNAMDTransformer(r_list=(2,)).check_grid((3, 4))

@@ -159,6 +159,25 @@ def test_bad_options_stop_before_any_model_runs(image_dir, tmp_path, capsys, no_
     assert not (tmp_path / "o" / "scores.csv").exists()
 
 
+def test_the_detector_checks_the_subsets_before_any_model_runs(image_dir, tmp_path, capsys, no_model):
+    """The subset rule is the detector's (check_batch); the command line asks it before the backbone."""
+    directory, _ = image_dir
+    Image.open(directory / "good" / "000.png").save(directory / "good" / "extra.png")  # 7 images
+    rc, _, err = run(capsys, "score", directory, "--out", tmp_path / "o", *RANDOM, "--max-subset-size", "2")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--max-subset-size 2" in err and "7 images cannot be split into 4 subsets" in err
+    assert not (tmp_path / "o" / "scores.csv").exists()
+
+
+def test_a_window_too_large_for_the_grid_stops_before_the_tokens(image_dir, tmp_path, capsys, monkeypatch):
+    """The r_list-vs-grid rule is LNAMD's (check_grid): asked once the backbone's grid is known."""
+    directory, _ = image_dir
+    monkeypatch.setattr(cli_run, "compute", lambda *a, **k: pytest.fail("the tokens were computed"))
+    rc, _, err = run(capsys, "score", directory, "--out", tmp_path / "o", *RANDOM, "--r-list", "1", "9")
+    assert rc == 2 and [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]], err
+    assert "--r-list with --image-size 56" in err and "4 x 4 patch grid" in err and "at most 7" in err
+
+
 def test_bad_contamination_is_a_usage_error(image_dir, tmp_path, capsys, no_model):
     directory, _ = image_dir
     with pytest.raises(SystemExit) as exc:
@@ -233,7 +252,7 @@ def test_an_interrupted_run_leaves_no_file_that_looks_finished(image_dir, tmp_pa
 
     directory, _ = image_dir
     calls = []
-    original = _outputs.render_overlay
+    original = _outputs.anomaly_map_rgb
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -241,7 +260,7 @@ def test_an_interrupted_run_leaves_no_file_that_looks_finished(image_dir, tmp_pa
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_outputs, "render_overlay", interrupted)
+    monkeypatch.setattr(_outputs, "anomaly_map_rgb", interrupted)
     out = tmp_path / "o"
     rc, _, err = run(capsys, "score", directory, "--out", out, *RANDOM)
     assert rc == 130 and "interrupted" in err

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_musc.cli.outputs import OutputFolder, ScoreResults, render_overlay
+from sklearn_musc.cli.outputs import OutputFolder, ScoreResults
+from sklearn_musc.geometry import maps_to_original, masks_to_original
 from sklearn_musc.plotting import anomaly_map_rgb
-from sklearn_musc.geometry import maps_to_original
 
 
 def _results(tmp_path, n=5, sizes=None, masks=None):
@@ -119,15 +119,26 @@ def test_a_failure_while_writing_leaves_the_folder_untouched(tmp_path, monkeypat
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
-def test_overlays_agree_with_anomaly_map_rgb(tmp_path):
-    rng = np.random.default_rng(1)
-    image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    amap = rng.random((16, 16)).astype(np.float32)
-    ours = np.asarray(render_overlay(image, amap, (16, 16), 0.0, 1.0)).astype(int)
-    full = maps_to_original(amap[None], [(90, 120)], (16, 16))[0]
-    reference = anomaly_map_rgb(np.asarray(image), full, 0.0, 1.0).astype(int)
-    assert ours.shape == reference.shape
-    assert np.percentile(np.abs(ours - reference), 99) <= 4  # within a colour step or two
+def test_the_overlay_pngs_are_anomaly_map_rgb_with_the_input_geometry(tmp_path):
+    """One renderer: each overlays/*.png is plotting.anomaly_map_rgb of the map placed where the model saw it."""
+    results = _results(tmp_path, n=3, sizes=[(30, 60), (45, 31), (32, 32)])
+    results.masks = [np.random.default_rng(i).random((16, 16)) > 0.6 for i in range(3)]
+    out = tmp_path / "out"
+    OutputFolder(out).write(results)
+    vmin, vmax = float(results.anomaly_maps.min()), float(results.anomaly_maps.max())
+    for i, name in enumerate(results.names):
+        image = Image.open(results.paths[i]).convert("RGB")
+        png = np.asarray(Image.open(out / "overlays" / f"{name}.png"))
+        mask = masks_to_original([results.masks[i]], [results.original_sizes[i]], (16, 16))[0]
+        expected = anomaly_map_rgb(image, results.anomaly_maps[i], vmin, vmax, mask=mask, input_size=(16, 16))
+        np.testing.assert_array_equal(png, expected)
+        # the map covers the centre crop the model saw, as maps_to_original places it
+        full = maps_to_original(results.anomaly_maps[i][None], [results.original_sizes[i]], (16, 16))[0]
+        stretched = anomaly_map_rgb(image, full, vmin, vmax, mask=mask).astype(int)
+        assert np.percentile(np.abs(png.astype(int) - stretched), 99) <= 4  # within a colour step or two
+        if results.original_sizes[i][0] != results.original_sizes[i][1]:  # not square: stretching differs
+            unplaced = anomaly_map_rgb(image, results.anomaly_maps[i], vmin, vmax).astype(int)
+            assert np.abs(png.astype(int) - unplaced).max() > 20
 
 
 def test_overlay_memory_is_bounded_for_a_large_photo(tmp_path):
@@ -135,21 +146,22 @@ def test_overlay_memory_is_bounded_for_a_large_photo(tmp_path):
     script = textwrap.dedent(f"""
         import resource, numpy as np
         from PIL import Image
-        from sklearn_musc.cli.outputs import render_overlay
+        from sklearn_musc.plotting import anomaly_map_rgb
         y, x = np.mgrid[0:4000, 0:4000]
         img = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
         Image.fromarray(img).save({str(tmp_path / 'big.png')!r})
         del img, x, y
         image = Image.open({str(tmp_path / 'big.png')!r}).convert("RGB")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out = render_overlay(image, np.random.rand(32, 32).astype(np.float32), (32, 32), 0.0, 1.0)
+        out = Image.fromarray(anomaly_map_rgb(image, np.random.rand(32, 32).astype(np.float32), 0.0, 1.0,
+                                              input_size=(32, 32)))
         out.save({str(tmp_path / 'o.png')!r})
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     extra_mb = int(result.stdout.split()[-1])
-    assert extra_mb < 200, extra_mb  # 48 MB output + 16 MB index + bands
+    assert extra_mb < 200, extra_mb  # 48 MB output array, 64 MB float32 map, then 64 MB PNG image; bands
 
 
 def test_overlay_pngs_are_the_same_bytes_with_and_without_matplotlib(tmp_path):
@@ -165,15 +177,21 @@ if sys.argv[1] == "blocked":
     sys.modules["matplotlib"] = None  # import matplotlib raises ImportError
 import numpy as np
 from PIL import Image
-from sklearn_musc.cli.outputs import render_overlay
+from sklearn_musc.cli.outputs import OutputFolder, ScoreResults
 from sklearn_musc.plotting import anomaly_map_rgb
 rng = np.random.default_rng(0)
 image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
 amap = rng.random((16, 16)).astype(np.float32)
 mask = amap > 0.7
 out = io.BytesIO()
-render_overlay(image, amap, (16, 16), 0.1, 0.9, mask=mask).save(out, format="PNG")
+Image.fromarray(anomaly_map_rgb(image, amap, 0.1, 0.9, mask=mask, input_size=(16, 16))).save(out, format="PNG")
 Image.fromarray(anomaly_map_rgb(image, amap, 0.1, 0.9, mask=mask)).save(out, format="PNG")
+image.save(sys.argv[2] + ".in.png")
+results = ScoreResults(paths=[sys.argv[2] + ".in.png"], names=["x.png"], scores=[1.0], labels=[-1],
+                       detector_scores=[1.0], threshold=0.5, anomaly_maps=amap[None], original_sizes=[(37, 53)],
+                       input_size=(16, 16), masks=[mask])
+OutputFolder(sys.argv[2] + ".out").write(results, report=False)  # the command line's writer
+out.write(open(sys.argv[2] + ".out/overlays/x.png.png", "rb").read())
 assert ("matplotlib" in sys.modules and sys.modules["matplotlib"] is None) == (sys.argv[1] == "blocked")
 open(sys.argv[2], "wb").write(out.getvalue())
 """

@@ -288,3 +288,21 @@ def test_plot_anomaly_grid_errors():
         normalization_bounds(maps, "all")
     with pytest.raises(ValueError, match="vmax"):
         normalization_bounds(maps, (2, 1))
+
+
+def test_bands_of_rows_give_the_same_overlay(monkeypatch):
+    """Colouring, blending and the mask's outline in bands of rows equal doing it at once."""
+    from sklearn_musc import plotting
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(40, 24, 3), dtype=np.uint8)
+    amap = rng.random((7, 5))
+    mask = np.zeros((40, 24), dtype=bool)
+    mask[5:33, 3:20] = True
+    mask[12:14, 8:30] = False
+    for kwargs in (dict(), dict(input_size=(16, 16)), dict(outline_width=3)):
+        whole = anomaly_map_rgb(image, amap, 0.2, 0.8, mask=mask, **kwargs)
+        monkeypatch.setattr(plotting, "_BAND_PIXELS", 24 * 2)  # bands of 2 rows
+        banded = anomaly_map_rgb(image, amap, 0.2, 0.8, mask=mask, **kwargs)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(banded, whole)

@@ -9,7 +9,6 @@ from sklearn.pipeline import Pipeline
 
 import _reference as ref
 from _helpers import make_tokens
-import torch
 from sklearn_musc import FeatureSets, ImageScores, LNAMDTransformer, MutualScoringDetector, _msm
 from sklearn_musc.thresholds import auto_threshold
 
@@ -51,20 +50,6 @@ def test_tiled_products_match_one_product(rng, monkeypatch, block):
     tiled = MutualScoringDetector(device="cpu").fit(feats).set_patch_scores_
     assert np.abs(tiled - whole).max() < 1e-6
     assert np.abs(tiled - reference_set_scores(feats.features)).max() < 1e-5
-
-
-def test_streaming_from_the_host_within_a_budget(rng):
-    n, L, C = 12, 16, 16
-    feats = features_of(make_tokens(rng, n=n, h=4, w=4, dim=C), r_list=(1,))
-    k_max = _msm.interval_bounds(n, 0.0, MutualScoringDetector().topmin_max)[1]
-    table = 4 * (n * n * L + 3 * n * k_max * L)
-    budget = table + 4 * (3 * 16) ** 2 + 4 * 2 * 3 * L * C  # room for tiles of 3, not for the set
-    plan = _msm.Plan(n, L, C, k_max, torch.device("cpu"), budget)
-    assert not plan.resident and plan.block == 3 and plan.bytes <= budget
-    streamed = MutualScoringDetector(device="cpu", memory_budget=budget).fit(feats).patch_scores_
-    expected = reference_set_scores(feats.features).mean(axis=1)
-    assert np.abs(streamed - expected).max() < 1e-5
-    assert _msm.Plan(n, L, C, k_max, torch.device("cpu"), 10 * budget).resident
 
 
 def test_a_batch_over_the_budget_is_refused_with_advice(rng):
@@ -316,44 +301,6 @@ def test_fit_copies_at_most_one_set_on_the_host(rng, n_subsets):
     np.testing.assert_array_equal(det.set_patch_scores_, whole.set_patch_scores_)
 
 
-def test_the_kernel_leaves_no_reference_cycle(rng):
-    """Each set's table and features are freed when dropped, not at the next GC.
-
-    A cycle (a recursive closure, say) would keep every set of a fit alive
-    until Python's cyclic collector runs, far past the memory budget.
-    """
-    import gc
-    import weakref
-
-    Z = torch.nn.functional.normalize(torch.randn(9, 16, 8), dim=-1)
-    plan = _msm.Plan(9, 16, 8, 2, torch.device("cpu"), 2**26)
-    bounds = _msm.interval_bounds(9, 0.0, 0.3)
-    # One call first: a library's lazy imports on first use may build cycles
-    # of their own (module objects, caches); those are not the kernel's.
-    _msm.interval_average(_msm.max_similarity_table(Z, plan), *bounds)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        table = _msm.max_similarity_table(Z, plan)
-        alive = weakref.ref(table)
-        del table
-        assert alive() is None
-        scores = _msm.interval_average(_msm.max_similarity_table(Z, plan), *bounds)
-        assert scores.shape == (9, 16)
-        gc.collect()
-        # Nothing the kernel made waits for the collector: no tensor, no frame
-        # or closure of the kernel module.
-        left = [o for o in gc.garbage if isinstance(o, torch.Tensor)
-                or getattr(getattr(o, "f_code", None), "co_filename", "").endswith("_msm.py")
-                or getattr(o, "__module__", None) == _msm.__name__]
-        assert left == []
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
-
 def test_float16_features_are_scored_as_their_values(rng):
     """float16 storage (LNAMDTransformer(dtype="float16")) is scored like the
     same values (re-normalised, as any input) in float64, and close to the
@@ -469,3 +416,24 @@ def test_repeat_ratio_finds_a_defect_copied_to_30_percent_of_a_synthetic_batch(r
     paper = dict(lnamd={"aggregation": "mean"}, topmin_max=0.3)
     assert _auroc(batch, **paper) < 0.8
     assert _auroc(batch, repeat_ratio=0.5, **paper) >= 0.95
+
+
+def test_check_batch_is_the_rule_fit_applies():
+    """check_batch says before any feature what fit would refuse: one rule, asked early by the command line."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((7, 1, 2, 2, 4)).astype(np.float32)
+    for params, n, ok in [(dict(max_subset_size=2), 7, False), (dict(max_subset_size=3), 7, True),
+                          (dict(n_subsets=4), 7, False), (dict(), 1, False), (dict(novelty=True), 1, True)]:
+        det = MutualScoringDetector(device="cpu", **params)
+        if ok:
+            assert det.check_batch(n) == (1 if n == 1 else max(det.n_subsets, -(-n // (det.max_subset_size or n))))
+            det.fit(X[:n])
+        else:
+            with pytest.raises(ValueError) as checked:
+                det.check_batch(n)
+            with pytest.raises(ValueError) as fitted:
+                det.fit(X[:n])
+            assert str(checked.value) == str(fitted.value)
+    with pytest.raises(ValueError, match="max_subset_size"):
+        MutualScoringDetector(max_subset_size=1).check_batch(10)
+    assert MutualScoringDetector(max_subset_size=2).check_batch(5, n_references=1) == 3  # refs join each subset

@@ -258,3 +258,12 @@ def test_real_clean_production_and_defect_heavy_batches(bottle):
     assert rs.threshold_ == det.threshold_ == clean_threshold
     flagged = rs.labels_ == -1
     assert (flagged & (labels == 1)).sum() >= 14 and (flagged & (labels == 0)).sum() <= 2
+
+
+def test_labels_above_is_the_rule_of_threshold_scores():
+    """Strictly above the threshold is anomalous (-1); a score equal to it is normal."""
+    from sklearn_musc.thresholds import labels_above, threshold_scores
+
+    scores = np.array([0.1, 0.5, 0.5000001, 2.0])
+    assert labels_above(scores, 0.5).tolist() == [1, 1, -1, -1]
+    assert threshold_scores(scores, None, 0.5)[1].tolist() == labels_above(scores, 0.5).tolist()

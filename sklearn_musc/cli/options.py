@@ -1,12 +1,13 @@
 """The command line's options: their types, their checks and the input images they name.
 
 Everything here runs before any model does. The rules about parameters are
-the estimators' own (:mod:`sklearn_musc._validation`, called here with the
-option's name); what is added is about files and folders.
+the estimators' own (the checks of :mod:`sklearn_musc._validation`, called
+here with the option's name, and the estimators' ``check_grid`` and
+``check_batch``, which the runs ask through :func:`ask`); what is added is
+about files and folders.
 """
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..conformal import check_level
 from ..geometry import CROP_MODES
 from ..images import IMAGE_SUFFIXES
 from ..presets import PRESETS, STEPS, available_presets, make_musc_pipeline, pretrained_from_options
-from .errors import InputError
+from .errors import InputError, one_line
 from .inputs import check_readable, collect_images, display_name
 from .outputs import output_names
 
@@ -124,23 +125,28 @@ def build_pipeline(args, pretrained, novelty=False):
     )
 
 
+def ask(check, *args, options=None, **kwargs):
+    """Run a check the library owns; its error becomes a one-line InputError (prefixed with ``options``).
+
+    The estimators check their own parameters (``check_grid``,
+    ``check_batch``, the parameter tables): the command line asks them before
+    the long computation and only says which options fed the check.
+    """
+    try:
+        return check(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{options}: {one_line(exc)}" if options else one_line(exc)) from None
+
+
 def check_options(args):
     """Every option that can be checked without images or a model; InputError when one is bad."""
-    def check(fn, *a, **kw):
-        try:
-            return fn(*a, **kw)
-        except (ValueError, TypeError) as exc:
-            raise InputError(str(exc)) from None
-
-    check(check_int_list, option(args, "r_list"), "--r-list", odd=True)
-    check(check_int_list, option(args, "k_list"), "--k-list")
-    check(check_size, args.image_size, "--image-size")
-    if args.max_subset_size is not None and args.max_subset_size < 2:
-        raise InputError(f"--max-subset-size must be 2 or more, got {args.max_subset_size}")
+    ask(check_int_list, option(args, "r_list"), "--r-list", odd=True)
+    ask(check_int_list, option(args, "k_list"), "--k-list")
+    ask(check_size, args.image_size, "--image-size")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
-    check(resolve_device, args.device)
-    check(resolve_backbone, args.backbone)
+    ask(resolve_device, args.device)
+    ask(resolve_backbone, args.backbone)
     if args.weights is not None:
         try:
             check_weights_file(args.weights)
@@ -202,11 +208,6 @@ def collect_inputs(args, targets, minimum=2):
         need = "mutual scoring needs 2 or more" if minimum > 1 else "nothing to score"
         raise InputError(f"found {len(paths)} readable image(s) in {where} (suffixes {suffixes}; hidden "
                          f"files skipped); {need}")
-    if args.max_subset_size is not None:
-        n_subsets = math.ceil(len(paths) / args.max_subset_size)
-        if len(paths) // n_subsets < 2:
-            raise InputError(f"{len(paths)} images cannot be split into subsets of at most "
-                             f"{args.max_subset_size} with 2 or more each; raise --max-subset-size")
     return paths, names, skipped
 
 

@@ -36,20 +36,19 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter
+from PIL import Image
 
-from .._colormap import jet_palette, unit_scale
-from ..geometry import dropped_fraction, masks_to_original, paste_to_original
-from ..images import as_rgb8, load_image
+from ..geometry import dropped_fraction, masks_to_original
+from ..images import load_image
+from ..plotting import anomaly_map_rgb
 from .errors import InputError
 from .inputs import RUN_MANIFEST
 
-__all__ = ["ScoreResults", "OutputFolder", "render_overlay", "output_names"]
+__all__ = ["ScoreResults", "OutputFolder", "output_names"]
 
 TOP_FILES = ("scores.csv", "summary.json", "report.html")
 DATA_DIRS = ("overlays", "maps", "masks")
 _STAGE_PREFIX = ".sklearn-musc-partial-"
-_BAND_ROWS = 512  # overlay rows blended at once: bounds the temporary memory per image
 
 
 @dataclass
@@ -194,58 +193,6 @@ def _mask_png(mask, original_size, input_size, crop_mode="auto"):
     return Image.fromarray(full.astype(np.uint8) * 255)
 
 
-def render_overlay(image, anomaly_map, input_size, vmin, vmax, mask=None, alpha=0.5,
-                   palette=None, crop_mode="auto"):
-    """An image with its anomaly map (at the input size) on top, at the image's size.
-
-    The map is put back on the image as :func:`~sklearn_musc.maps_to_original`
-    does (bilinear into the region the model saw, the borders it did not see
-    at the map's minimum), coloured with jet on ``(vmin, vmax)`` and blended
-    as ``(1 - alpha) * image + alpha * colour``, like
-    :func:`~sklearn_musc.plotting.anomaly_map_rgb` (to within one of its 256
-    colour steps). Everything is 8-bit and blended in bands of rows, so an
-    8000 x 8000 photo needs a few hundred MB, not gigabytes. A mask's outline
-    is drawn in white.
-
-    Parameters
-    ----------
-    image : PIL.Image.Image (RGB) or ndarray (H, W, 3) float in [0, 1]
-        The image, as :func:`~sklearn_musc.images.load_image` returns it.
-    anomaly_map : ndarray of shape input_size
-    input_size : (int, int)
-    vmin, vmax : float
-        The colour scale.
-    mask : ndarray or PIL L image, optional
-        Binary mask at the input size or the image's size.
-    crop_mode : str, default="auto"
-        How the image was fitted to the input.
-
-    Returns
-    -------
-    overlay : PIL.Image.Image, mode "RGB"
-    """
-    base = as_rgb8(image)
-    size = (base.height, base.width)
-    values = np.asarray(anomaly_map, dtype=np.float32)
-    index = np.rint(unit_scale(values, vmin, vmax) * 255.0).astype(np.uint8)  # colour indices 0..255
-    full = paste_to_original(Image.fromarray(index), size, input_size, Image.BILINEAR, "min", crop_mode)
-    full.putpalette(palette or jet_palette())  # L -> P: the index image, coloured on conversion
-    out = Image.new("RGB", (size[1], size[0]))
-    for y in range(0, size[0], _BAND_ROWS):
-        box = (0, y, size[1], min(size[0], y + _BAND_ROWS))
-        colours = full.crop(box).convert("RGB")
-        out.paste(Image.blend(base.crop(box), colours, alpha), box[:2])
-        del colours
-    del full
-    if mask is not None:
-        if not isinstance(mask, Image.Image):
-            mask = _mask_png(mask, size, input_size, crop_mode)
-        eroded = mask.filter(ImageFilter.MinFilter(3))
-        outline = ImageChops.subtract(mask, eroded)
-        out.paste((255, 255, 255), (0, 0), outline)
-    return out
-
-
 # --------------------------------------------------------------------------- folder
 
 
@@ -367,7 +314,6 @@ class OutputFolder:
         crop = _crop_summary(results, per_image)
         maps_ = results.anomaly_maps
         vmin, vmax = (float(maps_.min()), float(maps_.max())) if maps_.size else (0.0, 0.0)
-        palette = jet_palette()
         if maps:
             for i, name in enumerate(names):
                 rel = f"maps/{name}.npy"
@@ -390,8 +336,9 @@ class OutputFolder:
                     files.append(rel)
                 if overlays:
                     image, _ = load_image(str(results.paths[i]), str(results.paths[i]))
-                    overlay = render_overlay(image, maps_[i], results.input_size, vmin, vmax,
-                                             mask=mask, palette=palette, crop_mode=results.crop_mode)
+                    overlay = Image.fromarray(anomaly_map_rgb(
+                        image, maps_[i], vmin, vmax, mask=None if mask is None else np.asarray(mask),
+                        input_size=results.input_size, crop_mode=results.crop_mode))
                     del image
                     rel = f"overlays/{name}.png"
                     (stage / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -36,14 +36,16 @@ from .._batch import MultimodalFeatures
 from .._device import resolve_device
 from ..conformal import min_calibration_size
 from ..fusion import CrossModalDetector
-from ..monitoring import DriftMonitor
 from ..images import ImageFiles
+from ..monitoring import DriftMonitor
 from ..pointcloud import PointCloudPatchTransformer
 from ..presets import PRESETS
+from ..thresholds import labels_above
 from .errors import InputError, WeightsUnavailable, one_line, running
 from .estimate import announce, announce_clouds, announce_new
 from .inputs import Sample, check_sample, collect_images, collect_samples
-from .options import MODEL_OPTIONS, MODEL_STEPS, build_pipeline, check_options, collect_inputs, option, pretrained
+from .options import (MODEL_OPTIONS, MODEL_STEPS, ask, build_pipeline, check_options, collect_inputs, option,
+                      pretrained)
 from .outputs import OutputFolder, ScoreResults
 
 
@@ -218,15 +220,15 @@ def print_summary(results, seconds, contamination="auto", stream=None):
 def _load_checked_backbone(args, pipe, total=5):
     stage(f"[1/{total}] loading the backbone {args.backbone}")
     vit = load_backbone(pipe["vit"])
-    _check_r_list(args, vit.grid_size_)
+    ask(pipe["lnamd"].check_grid, vit.grid_size_, options=f"--r-list with --image-size {args.image_size}")
     return vit
 
 
-def _check_r_list(args, grid):
-    r_max = max(option(args, "r_list"))
-    if r_max > 2 * min(grid) - 1:
-        raise InputError(f"--r-list {r_max} is too large for the {grid[0]} x {grid[1]} patch grid of "
-                         f"--image-size {args.image_size}; use at most {2 * min(grid) - 1}")
+def _check_batch(args, pipe, n_images, n_references=0):
+    """The detector's own checks of its parameters against the batch, before the backbone loads."""
+    size = args.max_subset_size
+    ask(pipe["msm"].check_batch, n_images, n_references,
+        options=None if size is None else f"--max-subset-size {size}")
 
 
 def run_score(args, directory, pretrained):
@@ -251,6 +253,7 @@ def run_score(args, directory, pretrained):
     pipe = build_pipeline(args, pretrained)
     if modality == "rgb+3d":  # the clouds are centre-cropped: the images must cover the same pixels
         pipe.set_params(vit__crop_mode="center")
+    _check_batch(args, pipe, len(paths), len(references or ()))
     t = time.perf_counter()
     cloud = None
     if modality != "3d":
@@ -260,7 +263,7 @@ def run_score(args, directory, pretrained):
         if modality == "3d":
             stage(f"[1/5] building the point-cloud step (FPFH, {_size_text(args.image_size)} px grid)")
         cloud = _cloud_step(args, vit)
-        _check_r_list(args, cloud.grid_size_)
+        ask(pipe["lnamd"].check_grid, cloud.grid_size_, options=f"--r-list with --image-size {args.image_size}")
     load_seconds = time.perf_counter() - t
     n_refs = len(references or ())
     if cloud is None:
@@ -513,6 +516,7 @@ def run_fit(args):
                          f"(a p-value is at least 1 / (references + 1)), found {len(paths)}: raise --alpha or "
                          "add good parts")
     pipe = build_pipeline(args, pretrained(args), novelty=True)
+    _check_batch(args, pipe, len(paths))
     _load_checked_backbone(args, pipe)
     announce(pipe["vit"], pipe["lnamd"], len(paths), 0, args.max_subset_size, stage)
     with running():
@@ -568,7 +572,8 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=No
     labels, threshold, masks = rscin.predict(new), rscin.threshold_, rscin.predict_masks(new)
     decision = None
     if msm.alpha is not None:  # a calibrated model: the detector decides (p-value <= alpha), RsCIN still ranks
-        labels, threshold, masks = np.where(new.scores > new.threshold, -1, 1), new.threshold, new.anomaly_masks
+        threshold, labels = new.threshold, labels_above(new.scores, new.threshold)  # the detector's rule
+        masks = new.anomaly_masks
         decision = dict(rule="conformal", alpha=msm.alpha, calibration_size=msm.pool_.n_images,
                         text=f"p-value <= {msm.alpha:g} against the pool's {msm.pool_.n_images} references: a good "
                              f"part is flagged with probability at most {msm.alpha:g} (the detector's decision; "
