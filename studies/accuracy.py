@@ -234,6 +234,38 @@ def check(category="bottle"):
     assert abs(got["pixel_auroc"] - direct["pixel_auroc"]) < 1e-6
 
 
+COSTS = {
+    "today's default": {},
+    "layers='inner'": dict(vit__layers="inner"),
+    "layers='inner' + foreground='auto'": dict(vit__layers="inner", msm__foreground="auto"),
+    "foreground='auto'": dict(msm__foreground="auto"),
+}
+
+
+def cost(category="bottle", repeats=2):
+    """Whole-pipeline seconds of each setting of ``COSTS`` on one category's images, interleaved, and ratios."""
+    from _cache import DATA, WEIGHTS
+
+    from sklearn_musc import make_musc_pipeline
+    from sklearn_musc.datasets import load_mvtec
+
+    paths = list(load_mvtec(DATA, category).paths)
+    common = dict(vit__backbone="timm:vit_small_patch14_dinov2", vit__pretrained=str(WEIGHTS),
+                  vit__image_size=224, vit__device="cpu", vit__progress=False, lnamd__device="cpu",
+                  msm__device="cpu", msm__progress=False)
+    times = {name: [] for name in COSTS}
+    for _ in range(repeats):
+        for name, extra in COSTS.items():
+            pipe = make_musc_pipeline("default", **common, **extra)
+            t0 = time.perf_counter()
+            pipe.fit_predict(paths)
+            times[name].append(time.perf_counter() - t0)
+    base = min(times["today's default"])
+    print(f"{category}, {len(paths)} images, best of {repeats} (interleaved):")
+    for name, t in times.items():
+        print(f"| {name} | {min(t):.1f} s | {min(t) / base:.2f}x |")
+
+
 def _rows(cats):
     """{setting: {category: metrics}} of everything computed so far."""
     rows = {}
@@ -286,9 +318,32 @@ def table(cats):
     return "\n".join(lines)
 
 
+def _small(entry, n):
+    """The first ``n // 2`` good and ``n - n // 2`` defective images of a cached category."""
+    y = entry["labels"]
+    keep = np.sort(np.r_[np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n - n // 2]])
+    return dict(entry, tokens=entry["tokens"].take(keep), labels=y[keep], masks=entry["masks"][keep],
+                paths=[entry["paths"][i] for i in keep])
+
+
+def smoke(cats=("bottle", "screw"), n=24):
+    """Every step on a few images of two categories, nothing cached (a check that the study runs)."""
+    for c in cats:
+        entry = _small(load(c), n)
+        compute_blocks(c, entry, pro=False, cache=False)
+        X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(entry["tokens"])
+        det = MutualScoringDetector(foreground="auto", progress=False, **MSM).fit(X)
+        print(f"{c:11s} foreground applied {det.foreground_applied_} {det.foreground_stats_}")
+        set_scores = mutual_scores(X.features[:, :1], [X.features[::-1, :1]])
+        print(f"{c:11s} orientation kernel on a reversed copy: {set_scores.shape}")
+
+
 def main(argv):
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
+        return
+    if argv and argv[0] == "--smoke":
+        smoke()
         return
     what = argv[0] if argv else "compute"
     cats = argv[1:] or categories()
@@ -306,6 +361,8 @@ def main(argv):
         for c in argv[1:] or HARD:
             for name in names:
                 compute_orientation(c, BEST_BLOCKS, name)
+    elif what == "cost":
+        cost(*(argv[1:2] or ["bottle"]))
     elif what == "table":
         print(table(cats))
     elif what == "check":
