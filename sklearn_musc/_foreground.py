@@ -18,6 +18,12 @@ MIN_WITHIN_SHARE = 0.5
 MAX_BORDER_FOREGROUND = 0.25
 
 
+def _unit(features, dim):
+    """Patch features as float64 rows of unit norm (the geometry mutual scoring compares them in)."""
+    z = torch.as_tensor(np.asarray(features)).reshape(-1, dim).to(torch.float64)
+    return F.normalize(z, dim=-1)
+
+
 def first_component(features, chunk=64):
     """Projection of every patch on the batch's first principal component.
 
@@ -28,13 +34,14 @@ def first_component(features, chunk=64):
     Returns
     -------
     projections : ndarray of shape (n_images, h, w), float64
-        Centred (mean 0 over the batch); the component's sign is arbitrary.
+        Of the unit-norm features, centred (mean 0 over the batch); the
+        component's sign is arbitrary.
     """
     n, h, w, dim = features.shape
     total = torch.zeros(dim, dtype=torch.float64)
     gram = torch.zeros(dim, dim, dtype=torch.float64)
     for start in range(0, n, chunk):  # float64 sums, one chunk of images at a time
-        z = torch.as_tensor(np.asarray(features[start : start + chunk])).reshape(-1, dim).to(torch.float64)
+        z = _unit(features[start : start + chunk], dim)
         total += z.sum(0)
         gram += z.T @ z
     count = n * h * w
@@ -44,7 +51,7 @@ def first_component(features, chunk=64):
     v = vectors[:, -1]
     out = np.empty((n, h, w))
     for start in range(0, n, chunk):
-        z = torch.as_tensor(np.asarray(features[start : start + chunk])).reshape(-1, dim).to(torch.float64)
+        z = _unit(features[start : start + chunk], dim)
         out[start : start + chunk] = ((z - mean) @ v).reshape(-1, h, w).numpy()
     return out
 

@@ -145,6 +145,7 @@ TURNS = {"rot90": "ROTATE_90", "rot180": "ROTATE_180", "rot270": "ROTATE_270", "
 ORIENTATIONS = {
     "none": (),
     "turns 90,180,270": ("rot90", "rot180", "rot270"),
+    "turn 90": ("rot90",),
     "turn 180": ("rot180",),
     "flip": ("flip",),
     "turns + flip": ("rot90", "rot180", "rot270", "flip"),
@@ -238,11 +239,10 @@ COSTS = {
     "today's default": {},
     "layers='inner'": dict(vit__layers="inner"),
     "layers='inner' + foreground='auto'": dict(vit__layers="inner", msm__foreground="auto"),
-    "foreground='auto'": dict(msm__foreground="auto"),
 }
 
 
-def cost(category="bottle", repeats=2):
+def cost(category="bottle", repeats=int(os.environ.get("ACCURACY_REPEATS", "1"))):
     """Whole-pipeline seconds of each setting of ``COSTS`` on one category's images, interleaved, and ratios."""
     from _cache import DATA, WEIGHTS
 
@@ -338,6 +338,25 @@ def smoke(cats=("bottle", "screw"), n=24):
         print(f"{c:11s} orientation kernel on a reversed copy: {set_scores.shape}")
 
 
+def foreground_stats(cats):
+    """The auto rule's statistics per category, for each block set of ``FOREGROUND_BLOCKS``."""
+    head = " | ".join(f"blocks {','.join(map(str, b))}: within / border / masked (coverage)"
+                      for b in FOREGROUND_BLOCKS)
+    lines = [f"| category | half | {head} |", "|---" * (2 + len(FOREGROUND_BLOCKS)) + "|"]
+    for c in cats:
+        cells = []
+        for blocks in FOREGROUND_BLOCKS:
+            path = OUT / c / f"fg_{','.join(map(str, blocks))}.joblib"
+            if not path.exists():
+                cells.append("-")
+                continue
+            fg = joblib.load(path)
+            cells.append(f"{fg['within_share']:.2f} / {fg['border_foreground']:.2f} / "
+                         + (f"yes ({fg['coverage']:.2f})" if fg["applied"] else "no"))
+        lines.append(f"| {c} | {'TUNE' if c in TUNE else 'confirm'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -365,6 +384,8 @@ def main(argv):
         cost(*(argv[1:2] or ["bottle"]))
     elif what == "table":
         print(table(cats))
+        print()
+        print(foreground_stats(cats))
     elif what == "check":
         check(*cats[:1])
     else:
