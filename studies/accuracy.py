@@ -182,9 +182,12 @@ def mutual_scores(sets, scorer_sets, topmin_max=0.2):
     k = max(1, int(np.floor((n - 1) * topmin_max)))
     out = np.empty((n, n_sets, h, w), dtype=np.float32)
     for s in range(n_sets):
-        q = F.normalize(torch.as_tensor(sets[:, s], dtype=torch.float32).reshape(n, h * w, dim), dim=-1)
-        refs = [q] + [F.normalize(torch.as_tensor(c[:, s], dtype=torch.float32).reshape(n, h * w, dim), dim=-1)
-                      for c in scorer_sets]
+        def unit(a):
+            return F.normalize(torch.as_tensor(np.ascontiguousarray(a[:, s]), dtype=torch.float32)
+                               .reshape(n, h * w, dim), dim=-1)
+
+        q = unit(sets)
+        refs = [q] + [unit(c) for c in scorer_sets]
         for i in range(n):
             best = torch.full((h * w, n), -2.0)
             for r in refs:
@@ -335,7 +338,7 @@ def smoke(cats=("bottle", "screw"), n=24):
         det = MutualScoringDetector(foreground="auto", progress=False, **MSM).fit(X)
         print(f"{c:11s} foreground applied {det.foreground_applied_} {det.foreground_stats_}")
         set_scores = mutual_scores(X.features[:, :1], [X.features[::-1, :1]])
-        print(f"{c:11s} orientation kernel on a reversed copy: {set_scores.shape}")
+        print(f"{c:11s} orientation kernel, the batch in reverse order as copies: {set_scores.shape}")
 
 
 def foreground_stats(cats):
