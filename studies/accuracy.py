@@ -290,7 +290,8 @@ def _rows(cats):
             key = f"{name} | " + ",".join(map(str, BEST_BLOCKS))
             path = OUT / c / (key.replace(" ", "_").replace("|", "") + ".joblib")
             if path.exists():
-                rows.setdefault(f"orientation: {key}", {})[c] = joblib.load(path)
+                rows.setdefault(f"orientation: {name}, blocks {','.join(map(str, BEST_BLOCKS))}", {})[c] = (
+                    joblib.load(path))
     return rows
 
 
