@@ -115,7 +115,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         negative values count from the end. None takes the last block of each
         of 4 equal stages (MuSc's rule; 24 blocks: 5, 11, 17, 23; 12 blocks:
         2, 5, 8, 11); "inner" the same without the last block (12 blocks: 2,
-        5, 8), see :func:`default_layers`.
+        5, 8), see ``sklearn_musc.features.default_layers``.
     backbone_kwargs : dict or None, default=None
         Architecture overrides: timm ``create_model`` arguments (e.g.
         ``depth``, ``embed_dim``, ``num_heads``), or for open_clip entries of
