@@ -29,13 +29,19 @@ _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 _DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
 
-def default_layers(n_blocks):
-    """The last block of each of 4 equal stages (MuSc's layer choice).
+def default_layers(n_blocks, rule="musc"):
+    """The blocks of a layer rule: the last block of each of 4 equal stages (MuSc's), or all but the last.
 
     Parameters
     ----------
     n_blocks : int
         Number of transformer blocks.
+    rule : {"musc", "inner"}, default="musc"
+        "musc": the last block of each of 4 equal stages (MuSc's layer
+        choice). "inner": the same without the network's last block (12
+        blocks: 2, 5, 8; 24 blocks: 5, 11, 17): its tokens are shaped for
+        the training objective rather than for local detail
+        (``benchmarks/RESULTS.md``, "Accuracy where MuSc is weakest").
 
     Returns
     -------
@@ -46,13 +52,18 @@ def default_layers(n_blocks):
     --------
     >>> default_layers(24), default_layers(12)
     ((5, 11, 17, 23), (2, 5, 8, 11))
+    >>> default_layers(12, "inner"), default_layers(24, "inner")
+    ((2, 5, 8), (5, 11, 17))
     """
-    return tuple(sorted({-(-n_blocks * k // 4) - 1 for k in range(1, 5)}))
+    stages = tuple(sorted({-(-n_blocks * k // 4) - 1 for k in range(1, 5)}))
+    if rule == "inner" and len(stages) > 1:
+        return stages[:-1]
+    return stages
 
 
 def _check_layers(layers, n_blocks):
-    if layers is None:
-        return default_layers(n_blocks)
+    if layers is None or isinstance(layers, str):
+        return default_layers(n_blocks, "musc" if layers is None else layers)
     out = []
     for layer in check_int_list(layers, "layers", minimum=None):  # negative: counted from the end
         if not -n_blocks <= layer < n_blocks:
@@ -118,10 +129,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
           Squash ranked defective images better than the letterbox on
           elongated images (benchmarks/RESULTS.md, "How images are fitted
           to the model input").
-    layers : sequence of int or None, default=None
+    layers : sequence of int, "inner" or None, default=None
         0-based indices of the blocks whose outputs are kept, in this order;
         negative values count from the end. None takes the last block of each
-        of 4 equal stages (24 blocks: 5, 11, 17, 23; 12 blocks: 2, 5, 8, 11).
+        of 4 equal stages (MuSc's rule; 24 blocks: 5, 11, 17, 23; 12 blocks:
+        2, 5, 8, 11); "inner" the same without the last block (12 blocks: 2,
+        5, 8), see ``sklearn_musc.features.default_layers``.
     backbone_kwargs : dict or None, default=None
         Architecture overrides: timm ``create_model`` arguments (e.g.
         ``depth``, ``embed_dim``, ``num_heads``), or for open_clip entries of
@@ -213,7 +226,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "image_size": [Satisfies(lambda v: check_size(v, "image_size"),
                                  "a positive int or a (height, width) pair of positive ints")],
         "crop_mode": [Options(*CROP_MODES)],
-        "layers": [None, int_sequence(minimum=None)],
+        "layers": [None, Options("inner"), int_sequence(minimum=None)],
         "backbone_kwargs": [None, InstanceOf(dict, "a dict")],
         "device": [DEVICE],
         "precision": [Options(*_PRECISIONS)],

@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import _msm, _msm_batch, _msm_fused
+from . import _foreground, _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores, salient_features
 from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
 from ._device import resolve_device
@@ -185,9 +185,37 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         the scoring has run for a second. With ``n_jobs > 1`` it advances
         by whole subsets. The pool's calibration, the references' scores and
         ``partial_fit`` have bars of their own.
+    foreground : {None, "auto", "always"}, default=None
+        Zero-shot foreground masks, so that the background of parts lying
+        on a surface neither scores as anomalous nor vouches for a defect.
+        The mask comes from the batch's own features: the first principal
+        component of all patches of the last feature set, split at its
+        mean; the side holding most of the image border is the background.
+        Each image keeps its own foreground plus the patches that are
+        foreground in at least half of the batch (a missing part stays
+        scored), grown by one patch. Background patches are zeroed before
+        scoring (a scorer's background then matches at the distance of an
+        orthogonal feature, ``sqrt(2)``) and their scores set to the lowest
+        foreground score of their image. "always" masks every batch;
+        "auto" only a batch of parts on a background, decided without
+        labels: the component must vary mostly inside images (at least half
+        of its variance; textures split whole images instead) and the
+        background must hold at least three quarters of the border
+        (``foreground_stats_``). Not with ``novelty=True`` or
+        ``references``. Measured in ``benchmarks/RESULTS.md`` ("Accuracy
+        where MuSc is weakest").
 
     Attributes
     ----------
+    foreground_masks_ : ndarray of shape (n_images, grid_h, grid_w), bool, or None
+        With ``foreground``: each image's foreground patches (computed even
+        when "auto" decides not to apply them); else None.
+    foreground_applied_ : bool
+        Whether the masks were applied.
+    foreground_stats_ : dict or None
+        With ``foreground``: ``within_share`` (share of the component's
+        variance inside images) and ``border_foreground`` (share of border
+        patches on the foreground side), the statistics of the "auto" rule.
     patch_scores_ : ndarray of shape (n_images, grid_h, grid_w)
         Patch scores, mean over the feature sets.
     set_patch_scores_ : ndarray of shape (n_images, n_sets, grid_h, grid_w)
@@ -304,6 +332,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         matmul_precision="float32",
         algorithm="matmul",
         progress=True,
+        foreground=None,
     ):
         self.topmin_min = topmin_min
         self.topmin_max = topmin_max
@@ -325,6 +354,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         self.matmul_precision = matmul_precision
         self.algorithm = algorithm
         self.progress = progress
+        self.foreground = foreground
 
     _parameter_constraints = {
         "topmin_min": [Interval(numbers.Real, 0, 1, closed="left")],
@@ -347,6 +377,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         "matmul_precision": [Options(*_msm.PRECISIONS)],
         "algorithm": [Options(*_msm.ALGORITHMS)],
         "progress": ["boolean"],
+        "foreground": [None, Options("auto", "always")],
     }
 
     def _check_params(self):
@@ -363,6 +394,11 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             raise ValueError(
                 "give alpha (new images against the pool, novelty=True) or fdr (the batch against its "
                 "references), not both"
+            )
+        if self.foreground is not None and self.novelty:
+            raise ValueError(
+                f"foreground={self.foreground!r} masks the background of a batch scored on its own; "
+                "it is not available with novelty=True (use foreground=None)"
             )
         if self.alpha is not None and not self.novelty:
             raise ValueError(
@@ -428,6 +464,12 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             )
         if self.algorithm == "fused" and (reason := _msm_fused.unavailable_reason(self.device_)):
             raise ValueError(reason)
+        if self.foreground is not None and refs is not None:
+            raise ValueError(
+                f"foreground={self.foreground!r} masks the background of a batch scored on its own; "
+                "it cannot be combined with references (use foreground=None)"
+            )
+        features = self._foreground(X)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n, n_refs)
         self._check_fdr(refs, len(self.subsets_))
@@ -437,7 +479,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         keep = self._keep(n + n_refs) if self.novelty and whole else None
         jobs = [
             (_msm_batch.score_batch, (
-                X.features,
+                features,
                 None if whole else idx,
                 set_ids,
                 self._bounds(len(idx) + n_refs),
@@ -460,6 +502,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         set_scores = np.empty((n, len(set_ids)) + X.grid_size, dtype=np.float32)
         for idx, part in zip(self.subsets_, results):
             set_scores[idx] = part
+        if self.foreground_applied_:
+            set_scores = _foreground.fill_background(set_scores, self.foreground_masks_)
         self.set_patch_scores_ = set_scores
         self.patch_scores_ = set_scores.mean(axis=1)
         self.input_size_, self.original_sizes_, self.crop_mode_ = X.input_size, X.original_sizes, X.crop_mode
@@ -489,6 +533,18 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         if self.novelty:
             self.offset_ = -self.threshold_
         return self
+
+    def _foreground(self, X):
+        """The feature sets MSM scores: with ``foreground``, the background patches zeroed."""
+        self.foreground_masks_, self.foreground_applied_, self.foreground_stats_ = None, False, None
+        if self.foreground is None:
+            return X.features
+        masks, within, border = _foreground.foreground_masks(X.features[:, -1])
+        self.foreground_masks_ = masks
+        self.foreground_stats_ = {"within_share": within, "border_foreground": border}
+        self.foreground_applied_ = self.foreground == "always" or _foreground.is_object_on_background(
+            within, border, X.grid_size)
+        return _foreground.mask_features(X.features, masks) if self.foreground_applied_ else X.features
 
     def _check_fdr(self, refs, n_subsets):
         if self.fdr is None:

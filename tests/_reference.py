@@ -234,3 +234,57 @@ def msm_without_repeats(Z, ratio, topmin_min=0.0, topmin_max=TOPMIN_MAX, referen
             kept = [D[i, j] for j in range(n) if j != i and not twins[i, j]] + [DR[i, r] for r in range(len(R))]
             out[i] = interval(kept, m + 1 - c)
     return out
+
+
+def foreground_masks(features, dilation=1):
+    """MutualScoringDetector(foreground=...)'s masks from one set (N, h, w, C), in loops.
+
+    Returns (masks (N, h, w) bool, within_share, border_foreground).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    n, h, w, c = f.shape
+    Z = f.reshape(-1, c)
+    mean = Z.mean(axis=0)
+    cov = (Z - mean).T @ (Z - mean) / len(Z)
+    _, vectors = np.linalg.eigh(cov)
+    p = ((Z - mean) @ vectors[:, -1]).reshape(n, h, w)
+    border = [(y, x) for y in range(h) for x in range(w) if y in (0, h - 1) or x in (0, w - 1)]
+    fg = p > 0
+    if np.mean([fg[i, y, x] for i in range(n) for y, x in border]) > 0.5:
+        fg = ~fg
+    border_foreground = np.mean([fg[i, y, x] for i in range(n) for y, x in border])
+    within_share = sum(((p[i] - p[i].mean()) ** 2).sum() for i in range(n)) / (p**2).sum()
+    joined = np.array([[[fg[i, y, x] or fg[:, y, x].mean() >= 0.5 for x in range(w)] for y in range(h)]
+                       for i in range(n)])
+    masks = np.zeros_like(joined)
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                masks[i, y, x] = joined[i, max(0, y - dilation) : y + dilation + 1,
+                                        max(0, x - dilation) : x + dilation + 1].any()
+    return masks, within_share, border_foreground
+
+
+def msm_foreground(Z, masks, topmin_max=TOPMIN_MAX):
+    """One feature set (N, L, C) scored with background masks (N, L): (N, L) scores.
+
+    A patch's distance to scorer image j is the distance to j's nearest
+    foreground patch, at most sqrt(2) (a background patch counts as an
+    orthogonal feature); a background patch's score is the lowest foreground
+    score of its image.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    Z = Z / np.linalg.norm(Z, axis=-1, keepdims=True)
+    n, L, _ = Z.shape
+    k = max(1, math.floor((n - 1) * topmin_max))
+    out = np.zeros((n, L))
+    for i in range(n):
+        d = []  # per scorer j: (L,) distances to j's nearest foreground patch
+        for j in range(n):
+            if j != i:
+                diff = Z[i][:, None, :] - Z[j][masks[j]][None, :, :]
+                d.append(np.minimum(np.sqrt((diff**2).sum(-1)).min(axis=1, initial=np.inf), math.sqrt(2)))
+        out[i] = np.sort(np.array(d), axis=0)[:k].mean(axis=0)
+        if masks[i].any():
+            out[i, ~masks[i]] = out[i, masks[i]].min()
+    return out

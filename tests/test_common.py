@@ -230,7 +230,7 @@ def test_numpy_batch_size_runs(rng):
         (RsCINRescorer(threshold=np.inf), "^threshold must be None or a finite float, got inf$"),
         (RsCINRescorer(embedding="mean"), "^embedding must be one of 'auto', 'salient', 'image', got 'mean'$"),
         (ViTPatchTransformer(image_size=(28, 0)), "^image_size must be a positive int or a"),
-        (ViTPatchTransformer(layers="ab"), "^layers must be None or a non-empty sequence of ints, got 'ab'$"),
+        (ViTPatchTransformer(layers="ab"), "^layers must be None, 'inner' or a non-empty sequence of ints, got 'ab'$"),
         (ViTPatchTransformer(progress=1), "^progress must be True or False, got 1$"),
         (ViTPatchTransformer(backbone_kwargs=[1]), r"^backbone_kwargs must be None or a dict, got \[1\]$"),
     ],

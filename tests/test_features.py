@@ -165,6 +165,20 @@ def test_default_layers_are_the_stage_ends():
     assert tiny(CLIP, 32, backbone_kwargs=clip24).fit().layers_ == (5, 11, 17, 23)
 
 
+def test_inner_layers_are_the_stage_ends_but_the_last(images):
+    assert default_layers(12, "inner") == (2, 5, 8)
+    assert default_layers(24, "inner") == (5, 11, 17)
+    assert default_layers(4, "inner") == (0, 1, 2)
+    assert default_layers(1, "inner") == (0,)  # nothing to drop
+    vit = tiny(layers="inner").fit()
+    assert vit.layers_ == (0, 1, 2) and vit.layers == "inner"
+    full = tiny().fit()
+    full.model_.load_state_dict(vit.model_.state_dict())
+    np.testing.assert_array_equal(vit.transform(images[:2]).tokens, full.transform(images[:2]).tokens[:, :3])
+    with pytest.raises(ValueError, match="inner"):
+        tiny(layers="outer").fit()
+
+
 def test_batching_and_dtype(images):
     whole = tiny(batch_size=8).fit()
     state = whole.model_.state_dict()

@@ -1,0 +1,400 @@
+"""Study for issue #23 (second part): ViT blocks, foreground masks, orientation, on the shared MVTec AD.
+
+DINOv2 ViT-S/14 at 224 px with the shared weights (tokens of blocks 2, 5, 8,
+11 from ``_cache.py``), the default pipeline after the backbone (SNAMD
+aggregation, ``topmin_max`` 0.2, RsCIN on the salient feature with windows
+1, 7). Settings are chosen on the 8 TUNE categories of ``_cache.py`` and
+confirmed on the other 7; no label enters a choice.
+
+    python studies/accuracy.py compute [category ...]   # every setting (cached)
+    python studies/accuracy.py table [category ...]     # per-category and mean tables
+    python studies/accuracy.py --smoke                  # 2 categories, 24 images each, no cache
+
+Per category and setting, image AUROC (after RsCIN; before it in "msm"),
+pixel AUROC and PRO are kept in ``$MUSC_ACCURACY_CACHE`` (default
+``/tmp/musc-accuracy-cache``).
+
+Blocks: MSM scores each feature set (one per block with SNAMD) on its own
+and averages the sets, so one fit on the four cached blocks gives every
+subset of them (``set_patch_scores_`` averaged over the subset); the salient
+feature and RsCIN are then taken from the subset as the detector does. One
+category is checked against a direct fit on the subset (``check``).
+
+Foreground: :class:`MutualScoringDetector` with ``foreground="auto"`` (the
+label-free rule in its docstring) against ``foreground=None``.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _cache import TUNE, categories, load  # noqa: E402
+
+from sklearn_musc import ImageScores, LNAMDTransformer, MutualScoringDetector, RsCINRescorer  # noqa: E402
+from sklearn_musc.interop import salient_features  # noqa: E402
+from sklearn_musc.metrics import evaluate  # noqa: E402
+
+OUT = Path(os.environ.get("MUSC_ACCURACY_CACHE", "/tmp/musc-accuracy-cache"))
+HARD = ("screw", "zipper", "pill", "capsule")
+# name -> (blocks, MSM parameters beyond the defaults)
+SETTINGS = {
+    "default (blocks 2,5,8,11)": ((2, 5, 8, 11), {}),
+    "blocks 2,5,8": ((2, 5, 8), {}),
+    "blocks 5,8,11": ((5, 8, 11), {}),
+    "blocks 5,8": ((5, 8), {}),
+}
+MSM = dict(device="cpu", topmin_max=0.2)
+RSCIN = dict(embedding="salient", k_list=(1, 7))
+
+
+def _subset(tokens, blocks):
+    keep = [tokens.layers.index(b) for b in blocks]
+    return dataclasses.replace(tokens, tokens=tokens.tokens[:, keep], layers=tuple(blocks))
+
+
+def _metrics(entry, msm_scores, final_scores, maps, pro=True):
+    y, masks = entry["labels"], entry["masks"]
+    pix = evaluate(y, msm_scores, masks, maps, pro=pro)
+    return dict(image_auroc=evaluate(y, final_scores)["image_auroc"], msm_auroc=pix["image_auroc"],
+                pixel_auroc=pix["pixel_auroc"], pro=pix.get("pro", np.nan))
+
+
+def _from_sets(X, set_scores, sets, input_size):
+    """What the detector returns on the feature sets ``sets`` alone, from its per-set patch scores."""
+    patch = set_scores[:, list(sets)].mean(axis=1)
+    maps = F.interpolate(torch.as_tensor(patch)[:, None], size=tuple(input_size), mode="bilinear",
+                         align_corners=True)[:, 0].numpy()
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    # the detector's salient feature: the second-to-last block of the subset, smallest degree
+    layer = sorted(sets)[-2] if len(sets) > 1 else sets[0]
+    sal = salient_features(X.features[:, layer], patch)
+    final = RsCINRescorer(**RSCIN).fit(ImageScores(scores=scores, salient_features=sal)).anomaly_scores_
+    return scores, final, maps
+
+
+def compute_blocks(category, entry=None, pro=True, cache=True):
+    """One MSM fit on the four cached blocks, every block subset of ``SETTINGS`` from it."""
+    path = OUT / category / "blocks.joblib"
+    if cache and path.exists():
+        return joblib.load(path)
+    entry = entry or load(category)
+    t0 = time.perf_counter()
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(entry["tokens"])
+    det = MutualScoringDetector(**MSM).fit(X)
+    seconds = time.perf_counter() - t0
+    layers = entry["tokens"].layers
+    out = dict(seconds=seconds, set_patch_scores=det.set_patch_scores_)
+    for name, (blocks, extra) in SETTINGS.items():
+        if extra:
+            continue
+        sets = [layers.index(b) for b in blocks]
+        msm, final, maps = _from_sets(X, det.set_patch_scores_, sets, X.input_size)
+        out[name] = _metrics(entry, msm, final, maps, pro=pro)
+        out[name]["patch_scores"] = det.set_patch_scores_[:, sets].mean(axis=1)
+        print(f"{category:11s} {name:28s} img {out[name]['image_auroc']:.3f} msm {out[name]['msm_auroc']:.3f} "
+              f"pix {out[name]['pixel_auroc']:.3f} pro {out[name]['pro']:.3f} ({seconds:.0f} s fit)", flush=True)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(out, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return out
+
+
+FOREGROUND_BLOCKS = ((2, 5, 8, 11), (2, 5, 8))
+BEST_BLOCKS = (2, 5, 8)
+
+
+def compute_foreground(category, blocks, entry=None):
+    """A fit with ``foreground="auto"`` on ``blocks``; where the rule says no mask, nothing changes."""
+    name = "fg " + ",".join(map(str, blocks))
+    path = OUT / category / f"{name.replace(' ', '_')}.joblib"
+    if path.exists():
+        return joblib.load(path)
+    entry = entry or load(category)
+    t0 = time.perf_counter()
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(_subset(entry["tokens"], blocks))
+    det = MutualScoringDetector(foreground="auto", **MSM)
+    scores = det.fit_transform(X)
+    seconds = time.perf_counter() - t0
+    final = RsCINRescorer(**RSCIN).fit(scores).anomaly_scores_
+    out = _metrics(entry, scores.scores, final, scores.anomaly_maps) if det.foreground_applied_ else {}
+    out.update(seconds=seconds, applied=det.foreground_applied_, coverage=float(det.foreground_masks_.mean()),
+               **det.foreground_stats_)
+    print(f"{category:11s} {name:12s} applied {out['applied']} within {out['within_share']:.2f} border "
+          f"{out['border_foreground']:.2f} cov {out['coverage']:.2f} "
+          + (f"img {out['image_auroc']:.3f} msm {out['msm_auroc']:.3f} pix {out['pixel_auroc']:.3f} "
+             f"pro {out['pro']:.3f}" if out["applied"] else ""), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(out, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return out
+
+
+# Orientation: copies of every image turned / flipped (PIL transpose names), tokens kept in $MUSC_CACHE/rot
+TURNS = {"rot90": "ROTATE_90", "rot180": "ROTATE_180", "rot270": "ROTATE_270", "flip": "FLIP_LEFT_RIGHT"}
+ORIENTATIONS = {
+    "none": (),
+    "turns 90,180,270": ("rot90", "rot180", "rot270"),
+    "turn 90": ("rot90",),
+    "turn 180": ("rot180",),
+    "flip": ("flip",),
+    "turns + flip": ("rot90", "rot180", "rot270", "flip"),
+}
+
+
+def turned_tokens(category, turn):
+    """ViT tokens of every image of ``category`` turned by ``turn`` (cached like ``_cache.load``)."""
+    from PIL import Image
+
+    from _cache import CACHE, vit
+
+    path = CACHE / "rot" / f"{category}_{turn}.joblib"
+    if path.exists():
+        return joblib.load(path)
+    entry = load(category)
+    method = getattr(Image.Transpose, TURNS[turn])
+    images = [Image.open(p).convert("RGB").transpose(method) for p in entry["paths"]]
+    tokens = vit().fit().transform(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(tokens, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return tokens
+
+
+def mutual_scores(sets, scorer_sets, topmin_max=0.2):
+    """Interval-averaged patch scores (n, n_sets, h, w) with extra copies of the OTHER images as scorers.
+
+    ``sets`` (n, n_sets, h, w, dim) are the batch's feature sets, ``scorer_sets`` a list of arrays of
+    the same shape (the same images turned); a patch's distance to scorer image j is its smallest
+    distance to any patch of j or of j's copies, never to the image itself or its copies.
+    """
+    n, n_sets, h, w, dim = sets.shape
+    k = max(1, int(np.floor((n - 1) * topmin_max)))
+    out = np.empty((n, n_sets, h, w), dtype=np.float32)
+    for s in range(n_sets):
+        def unit(a):
+            return F.normalize(torch.as_tensor(np.ascontiguousarray(a[:, s]), dtype=torch.float32)
+                               .reshape(n, h * w, dim), dim=-1)
+
+        q = unit(sets)
+        refs = [q] + [unit(c) for c in scorer_sets]
+        for i in range(n):
+            best = torch.full((h * w, n), -2.0)
+            for r in refs:
+                best = torch.maximum(best, (q[i] @ r.reshape(-1, dim).T).reshape(h * w, n, h * w).amax(-1))
+            best[:, i] = float("-inf")
+            dist = torch.sqrt(torch.clamp(2 - 2 * best, min=0.0))
+            dist[:, i] = float("inf")
+            out[i, s] = dist.sort(dim=1).values[:, :k].mean(1).reshape(h, w).numpy()
+    return out
+
+
+def compute_orientation(category, blocks, name, entry=None):
+    """Image AUROC etc. with turned copies of the other images as extra scorers (``ORIENTATIONS[name]``)."""
+    key = f"{name} | " + ",".join(map(str, blocks))
+    path = OUT / category / (key.replace(" ", "_").replace("|", "") + ".joblib")
+    if path.exists():
+        return joblib.load(path)
+    entry = entry or load(category)
+    lnamd = LNAMDTransformer(device="cpu", aggregation="similarity")
+    X = lnamd.fit_transform(_subset(entry["tokens"], blocks))
+    copies = [lnamd.fit_transform(_subset(turned_tokens(category, t), blocks)).features
+              for t in ORIENTATIONS.get(name, ())]
+    t0 = time.perf_counter()
+    set_scores = mutual_scores(X.features, copies)
+    seconds = time.perf_counter() - t0
+    msm, final, maps = _from_sets(X, set_scores, list(range(len(blocks))), X.input_size)
+    out = _metrics(entry, msm, final, maps)
+    out["seconds"] = seconds
+    print(f"{category:11s} {key:28s} img {out['image_auroc']:.3f} msm {out['msm_auroc']:.3f} "
+          f"pix {out['pixel_auroc']:.3f} pro {out['pro']:.3f} ({seconds:.0f} s)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(out, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return out
+
+
+def check(category="bottle"):
+    """The subset derived from the four-block fit equals a direct fit on the subset."""
+    entry = load(category)
+    got = compute_blocks(category, entry, pro=False, cache=False)["blocks 2,5,8"]
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(_subset(entry["tokens"], (2, 5, 8)))
+    scores = MutualScoringDetector(**MSM).fit_transform(X)
+    final = RsCINRescorer(**RSCIN).fit(scores).anomaly_scores_
+    direct = _metrics(entry, scores.scores, final, scores.anomaly_maps, pro=False)
+    print("derived", {k: got[k] for k in ("image_auroc", "msm_auroc", "pixel_auroc")})
+    print("direct ", direct)
+    assert abs(got["image_auroc"] - direct["image_auroc"]) < 1e-9
+    assert abs(got["pixel_auroc"] - direct["pixel_auroc"]) < 1e-6
+
+
+COSTS = {
+    "today's default": {},
+    "layers='inner'": dict(vit__layers="inner"),
+    "layers='inner' + foreground='auto'": dict(vit__layers="inner", msm__foreground="auto"),
+}
+
+
+def cost(category="bottle", repeats=int(os.environ.get("ACCURACY_REPEATS", "1"))):
+    """Whole-pipeline seconds of each setting of ``COSTS`` on one category's images, interleaved, and ratios."""
+    from _cache import DATA, WEIGHTS
+
+    from sklearn_musc import make_musc_pipeline
+    from sklearn_musc.datasets import load_mvtec
+
+    paths = list(load_mvtec(DATA, category).paths)
+    common = dict(vit__backbone="timm:vit_small_patch14_dinov2", vit__pretrained=str(WEIGHTS),
+                  vit__image_size=224, vit__device="cpu", vit__progress=False, lnamd__device="cpu",
+                  msm__device="cpu", msm__progress=False)
+    times = {name: [] for name in COSTS}
+    for _ in range(repeats):
+        for name, extra in COSTS.items():
+            pipe = make_musc_pipeline("default", **common, **extra)
+            t0 = time.perf_counter()
+            pipe.fit_predict(paths)
+            times[name].append(time.perf_counter() - t0)
+    base = min(times["today's default"])
+    print(f"{category}, {len(paths)} images, best of {repeats} (interleaved):")
+    for name, t in times.items():
+        print(f"| {name} | {min(t):.1f} s | {min(t) / base:.2f}x |")
+
+
+def _rows(cats):
+    """{setting: {category: metrics}} of everything computed so far."""
+    rows = {}
+    for c in cats:
+        got = joblib.load(OUT / c / "blocks.joblib") if (OUT / c / "blocks.joblib").exists() else None
+        if got is None:
+            continue
+        for name in SETTINGS:
+            rows.setdefault(name, {})[c] = got[name]
+        for blocks in FOREGROUND_BLOCKS:
+            name = "fg " + ",".join(map(str, blocks))
+            path = OUT / c / f"{name.replace(' ', '_')}.joblib"
+            if path.exists():
+                fg = joblib.load(path)
+                base = got["default (blocks 2,5,8,11)" if len(blocks) == 4 else "blocks " + ",".join(map(str, blocks))]
+                rows.setdefault(f"foreground auto, blocks {','.join(map(str, blocks))}", {})[c] = (
+                    fg if fg["applied"] else {**base, "applied": False})
+        for name in ORIENTATIONS:
+            key = f"{name} | " + ",".join(map(str, BEST_BLOCKS))
+            path = OUT / c / (key.replace(" ", "_").replace("|", "") + ".joblib")
+            if path.exists():
+                rows.setdefault(f"orientation: {name}, blocks {','.join(map(str, BEST_BLOCKS))}", {})[c] = (
+                    joblib.load(path))
+    return rows
+
+
+def table(cats):
+    """Means (TUNE / confirm / all) and the per-category rows, percent."""
+    rows = _rows(cats)
+    lines = ["| setting | categories | image AUROC: TUNE / confirm / all | pixel AUROC | PRO | "
+             + " | ".join(HARD) + " |", "|---" * (5 + len(HARD)) + "|"]
+    for name, got in rows.items():
+        have = list(got)
+        tune = [c for c in have if c in TUNE]
+        conf = [c for c in have if c not in TUNE]
+
+        def mean(part, key):
+            return f"{100 * np.mean([got[c][key] for c in part]):.1f}" if part else "-"
+
+        hard = " | ".join(f"{100 * got[c]['image_auroc']:.1f}" if c in got else "-" for c in HARD)
+        lines.append(f"| {name} | {len(tune)} + {len(conf)} | {mean(tune, 'image_auroc')} / "
+                     f"{mean(conf, 'image_auroc')} / {mean(have, 'image_auroc')} | {mean(have, 'pixel_auroc')} "
+                     f"| {mean(have, 'pro')} | {hard} |")
+    lines += ["", "Per category, image AUROC / pixel AUROC / PRO (percent):", "",
+              "| category | half | " + " | ".join(rows) + " |", "|---" * (2 + len(rows)) + "|"]
+    for c in cats:
+        cells = [f"{100 * got[c]['image_auroc']:.1f} / {100 * got[c]['pixel_auroc']:.1f} / {100 * got[c]['pro']:.1f}"
+                 + ("" if got[c].get("applied", True) else " (no mask)") if c in got else "-"
+                 for got in rows.values()]
+        lines.append(f"| {c} | {'TUNE' if c in TUNE else 'confirm'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _small(entry, n):
+    """The first ``n // 2`` good and ``n - n // 2`` defective images of a cached category."""
+    y = entry["labels"]
+    keep = np.sort(np.r_[np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n - n // 2]])
+    return dict(entry, tokens=entry["tokens"].take(keep), labels=y[keep], masks=entry["masks"][keep],
+                paths=[entry["paths"][i] for i in keep])
+
+
+def smoke(cats=("bottle", "screw"), n=24):
+    """Every step on a few images of two categories, nothing cached (a check that the study runs)."""
+    for c in cats:
+        entry = _small(load(c), n)
+        compute_blocks(c, entry, pro=False, cache=False)
+        X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(entry["tokens"])
+        det = MutualScoringDetector(foreground="auto", progress=False, **MSM).fit(X)
+        print(f"{c:11s} foreground applied {det.foreground_applied_} {det.foreground_stats_}")
+        set_scores = mutual_scores(X.features[:, :1], [X.features[::-1, :1]])
+        print(f"{c:11s} orientation kernel, the batch in reverse order as copies: {set_scores.shape}")
+
+
+def foreground_stats(cats):
+    """The auto rule's statistics per category, for each block set of ``FOREGROUND_BLOCKS``."""
+    head = " | ".join(f"blocks {','.join(map(str, b))}: within / border / masked (coverage)"
+                      for b in FOREGROUND_BLOCKS)
+    lines = [f"| category | half | {head} |", "|---" * (2 + len(FOREGROUND_BLOCKS)) + "|"]
+    for c in cats:
+        cells = []
+        for blocks in FOREGROUND_BLOCKS:
+            path = OUT / c / f"fg_{','.join(map(str, blocks))}.joblib"
+            if not path.exists():
+                cells.append("-")
+                continue
+            fg = joblib.load(path)
+            cells.append(f"{fg['within_share']:.2f} / {fg['border_foreground']:.2f} / "
+                         + (f"yes ({fg['coverage']:.2f})" if fg["applied"] else "no"))
+        lines.append(f"| {c} | {'TUNE' if c in TUNE else 'confirm'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    if argv and argv[0] == "--smoke":
+        smoke()
+        return
+    what = argv[0] if argv else "compute"
+    cats = argv[1:] or categories()
+    if what == "compute":
+        for c in cats:
+            compute_blocks(c)
+    elif what == "foreground":
+        for c in cats:
+            for blocks in FOREGROUND_BLOCKS:
+                compute_foreground(c, blocks)
+    elif what == "orientation":
+        # ACCURACY_ORIENTATIONS="turn 180;flip": only these (default: all of ORIENTATIONS)
+        chosen = os.environ.get("ACCURACY_ORIENTATIONS")
+        names = chosen.split(";") if chosen else list(ORIENTATIONS)
+        for c in argv[1:] or HARD:
+            for name in names:
+                compute_orientation(c, BEST_BLOCKS, name)
+    elif what == "cost":
+        cost(*(argv[1:2] or ["bottle"]))
+    elif what == "table":
+        print(table(cats))
+        print()
+        print(foreground_stats(cats))
+    elif what == "check":
+        check(*cats[:1])
+    else:
+        raise SystemExit(f"unknown command {what!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
