@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["benjamini_hochberg", "conformal_pvalues", "conformal_threshold", "min_calibration_size"]
+__all__ = ["benjamini_hochberg", "conformal_pvalues", "conformal_threshold", "fdr_decision", "min_calibration_size"]
 
 
 def check_level(value, name):
@@ -181,6 +181,52 @@ def benjamini_hochberg(pvalues, q):
     if len(below):
         rejected[order[: below[-1] + 1]] = True
     return rejected, adjusted
+
+
+def fdr_decision(scores, pvalues, reference_scores, q):
+    """A batch's threshold and labels by Benjamini-Hochberg at level ``q``.
+
+    The detectors' rule with ``fdr`` (:class:`~sklearn_musc.MutualScoringDetector`,
+    :class:`~sklearn_musc.CrossModalDetector`): the parts whose p-values
+    Benjamini-Hochberg rejects are flagged, and the threshold is the one
+    score that separates them. P-values fall as scores rise, so the flagged
+    parts are those scored above every other one: the threshold is the
+    largest score not flagged, or, when every part is flagged, the
+    conformal threshold of the references at ``q`` (which lies below them all).
+
+    Parameters
+    ----------
+    scores : array-like of shape (m,)
+        The batch's anomaly scores.
+    pvalues : array-like of shape (m,)
+        Their conformal p-values against the references.
+    reference_scores : array-like of shape (n,)
+        The references' scores (the calibration set of ``pvalues``).
+    q : float in (0, 1)
+        The false-discovery level.
+
+    Returns
+    -------
+    threshold : float
+        Scores above it are flagged.
+    labels : ndarray of int, shape (m,)
+        -1 for a flagged part, 1 otherwise.
+
+    Examples
+    --------
+    >>> from sklearn_musc.conformal import conformal_pvalues, fdr_decision
+    >>> refs, batch = np.arange(1.0, 41.0), np.array([5.0, 50.0, 60.0, 20.0])
+    >>> threshold, labels = fdr_decision(batch, conformal_pvalues(refs, batch), refs, 0.1)
+    >>> threshold, labels.tolist()
+    (20.0, [1, -1, -1, 1])
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    rejected, _ = benjamini_hochberg(pvalues, q)
+    if rejected.all():
+        threshold = conformal_threshold(reference_scores, q, "the references")
+    else:
+        threshold = float(scores[~rejected].max())
+    return threshold, np.where(rejected, -1, 1)
 
 
 class OnlineRanks:

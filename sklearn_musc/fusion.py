@@ -15,7 +15,7 @@ from ._batch import ImageScores, MultimodalFeatures, salient_features
 from ._device import resolve_device
 from ._msm import interval_bounds
 from ._novelty import NoveltyMixin
-from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
+from .conformal import conformal_pvalues, fdr_decision
 from .geometry import fit_geometry
 from .thresholds import defect_masks, labels_above, threshold_scores
 from ._validation import CONTAMINATION, DEVICE, Interval, Options, as_feature_sets, input_tags, validate_params
@@ -243,12 +243,7 @@ class CrossModalDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         """``(threshold_, labels_)`` of the batch: Benjamini-Hochberg with ``fdr``, else the contamination rule."""
         if self.fdr is None:
             return threshold_scores(scores, self.contamination, self.threshold)
-        rejected, _ = benjamini_hochberg(self.pvalues_, self.fdr)
-        if rejected.all():  # every p-value <= fdr: the conformal threshold at fdr lies below them all
-            threshold = conformal_threshold(self.reference_scores_, self.fdr, "the references")
-        else:  # p-values fall as scores rise: the flagged samples are those above every other one
-            threshold = float(scores[~rejected].max())
-        return threshold, np.where(rejected, -1, 1)
+        return fdr_decision(scores, self.pvalues_, self.reference_scores_, self.fdr)
 
     def _scores(self, rgb, xyz, tables, bounds):
         n = rgb.n_images

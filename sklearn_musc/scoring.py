@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _foreground, _msm, _msm_batch, _msm_fused
 from ._batch import FeatureSets, ImageScores, salient_features
-from .conformal import benjamini_hochberg, conformal_pvalues, conformal_threshold
+from .conformal import conformal_pvalues, conformal_threshold, fdr_decision
 from ._device import resolve_device
 from ._novelty import NoveltyMixin, requires_novelty
 from ._progress import progress_bar
@@ -563,12 +563,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     def _decide(self, scores):
         """``(threshold_, labels_)`` of the fitted batch, by the one rule the parameters choose."""
         if self.fdr is not None:  # Benjamini-Hochberg on the p-values against the references
-            rejected, _ = benjamini_hochberg(self.pvalues_, self.fdr)
-            if rejected.all():  # every p-value <= fdr: the conformal threshold at fdr lies below them all
-                threshold = conformal_threshold(self.reference_scores_, self.fdr, "the references")
-            else:  # p-values fall as scores rise: the flagged images are those above every other one
-                threshold = float(scores[~rejected].max())
-            return threshold, np.where(rejected, -1, 1)
+            return fdr_decision(scores, self.pvalues_, self.reference_scores_, self.fdr)
         if self.alpha is not None:
             threshold = self._alpha_threshold()
             return threshold, labels_above(scores, threshold)

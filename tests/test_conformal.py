@@ -13,7 +13,7 @@ import _reference as ref
 from _helpers import make_tokens
 from sklearn_musc import (DriftMonitor, LNAMDTransformer, MutualScoringDetector, RsCINRescorer,
                           benjamini_hochberg, conformal_pvalues, conformal_threshold)
-from sklearn_musc.conformal import SimpleJumper, min_calibration_size
+from sklearn_musc.conformal import SimpleJumper, fdr_decision, min_calibration_size
 
 
 def slow_pvalues(calibration, scores):
@@ -79,6 +79,20 @@ def test_benjamini_hochberg_matches_scipy(rng):
                 expected = scipy.stats.false_discovery_control(p, method="bh")
                 np.testing.assert_allclose(adjusted, expected, rtol=1e-12)
                 np.testing.assert_array_equal(rejected, expected <= q)
+
+
+def test_fdr_decision_flags_what_bh_rejects_and_its_threshold_separates_them(rng):
+    for trial in range(200):
+        refs = rng.normal(size=int(rng.integers(10, 60)))
+        batch = np.r_[rng.normal(size=int(rng.integers(1, 30))), rng.normal(4, 1, size=int(rng.integers(0, 10)))]
+        if trial % 7 == 0:
+            batch = np.round(batch, 1)  # ties
+        p = conformal_pvalues(refs, batch)
+        q = (0.05, 0.1, 0.3)[trial % 3]
+        threshold, labels = fdr_decision(batch, p, refs, q)
+        rejected, _ = benjamini_hochberg(p, q)
+        np.testing.assert_array_equal(labels, np.where(rejected, -1, 1))
+        np.testing.assert_array_equal(batch > threshold, rejected)  # one score separates the flagged parts
 
 
 def test_pvalues_are_valid_and_an_off_by_one_quantile_is_caught():

@@ -139,18 +139,21 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
     del feats, ref_feats
     _timed_stage(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
+    return _batch_results(msm, rscin, paths, names, references, vit.input_size_, settings, timings, skipped)
+
+
+def _batch_results(detector, rscin, paths, names, references, input_size, settings, timings, skipped):
+    """The ScoreResults of a scored batch: RsCIN's scores; its labels, or the detector's with ``fdr``."""
     labels, threshold, masks = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_
-    pvalues = msm.__dict__.get("pvalues_")
-    decision = _decision(msm, references)
-    if msm.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
-        labels, threshold, masks = msm.labels_, msm.threshold_, msm.anomaly_masks_
+    if detector.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
+        labels, threshold, masks = detector.labels_, detector.threshold_, detector.anomaly_masks_
     return ScoreResults(
         paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
-        detector_scores=msm.anomaly_scores_, threshold=threshold,
-        anomaly_maps=msm.anomaly_maps_, original_sizes=msm.original_sizes_,
-        input_size=vit.input_size_, crop_mode=msm.crop_mode_, masks=masks, settings=dict(settings or {}),
-        timings=timings,
-        skipped=skipped, pvalues=pvalues, decision=decision,
+        detector_scores=detector.anomaly_scores_, threshold=threshold,
+        anomaly_maps=detector.anomaly_maps_, original_sizes=detector.original_sizes_,
+        input_size=input_size, crop_mode=detector.crop_mode_, masks=masks, settings=dict(settings or {}),
+        timings=timings, skipped=skipped, pvalues=detector.__dict__.get("pvalues_"),
+        decision=_decision(detector, references),
     )
 
 
@@ -486,17 +489,7 @@ def compute_fused(pipe, detector, cloud, paths, xyz, names, *, skipped=(), setti
     _timed_stage(timings, "rscin", f"[6/6] RsCIN re-scoring (k_list {tuple(rscin.k_list)}, joined rgb + 3D "
                  "salient features)", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
-    labels, threshold, masks = rscin.labels_, rscin.threshold_, rscin.anomaly_masks_
-    decision = _decision(detector, references)
-    if detector.fdr is not None:  # the calibrated decision is the detector's; RsCIN's scores still rank
-        labels, threshold, masks = detector.labels_, detector.threshold_, detector.anomaly_masks_
-    return ScoreResults(
-        paths=paths, names=names, scores=rscin.anomaly_scores_, labels=labels,
-        detector_scores=detector.anomaly_scores_, threshold=threshold,
-        anomaly_maps=detector.anomaly_maps_, original_sizes=detector.original_sizes_,
-        input_size=vit.input_size_, masks=masks, settings=dict(settings or {}), timings=timings,
-        skipped=skipped, pvalues=detector.__dict__.get("pvalues_"), decision=decision,
-    )
+    return _batch_results(detector, rscin, paths, names, references, vit.input_size_, settings, timings, skipped)
 
 
 def run_fit(args):
