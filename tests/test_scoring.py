@@ -407,6 +407,22 @@ def test_the_defaults_rank_a_defect_copied_to_10_percent_of_a_batch_first(repeat
 
 
 @pytest.mark.shared_data
+@pytest.mark.parametrize("blocks", ["musc", "inner"])
+def test_the_accuracy_options_keep_a_repeated_defect_first(repeated_spot_batches, blocks):
+    """Issue #23's options keep the repeated-defect property: ViT blocks 2, 5, 8 (layers="inner", the
+    first three of the batch's 2, 5, 8, 11) and foreground="auto", each with the default interval."""
+    import dataclasses
+
+    tokens, labels = repeated_spot_batches[3]
+    if blocks == "inner":
+        assert tokens.layers == (2, 5, 8, 11)
+        tokens = dataclasses.replace(tokens, tokens=tokens.tokens[:, :3], layers=tokens.layers[:3])
+    assert _auroc((tokens, labels)) >= 0.95
+    assert _auroc((tokens, labels), foreground="auto") >= 0.95
+    assert _auroc((tokens, labels), topmin_max=0.1) < 0.95
+
+
+@pytest.mark.shared_data
 def test_repeat_ratio_finds_a_defect_copied_to_30_percent_of_a_synthetic_batch(repeated_spot_batches):
     """9 of 30: the copies fill the interval and vouch for each other (with the defaults and with the
     paper's LNAMD and 0.3); the filter undoes it."""
