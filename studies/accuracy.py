@@ -199,6 +199,68 @@ def mutual_scores(sets, scorer_sets, topmin_max=0.2):
     return out
 
 
+def best_similarity(sets, scorer_sets):
+    """(n_sets, n, hw, n) float32: each patch's highest cosine similarity to any patch of scorer image j.
+
+    ``sets`` and ``scorer_sets`` are (n, n_sets, h, w, dim) feature sets of the same n images (the
+    scorers possibly turned); the maximum over several scorer copies is the elementwise maximum of their
+    tables, so every combination of copies is read from one table per copy.
+    """
+    n, n_sets, h, w, dim = sets.shape
+    out = np.empty((n_sets, n, h * w, n), dtype=np.float32)
+    for s in range(n_sets):
+        q = F.normalize(torch.as_tensor(np.ascontiguousarray(sets[:, s]), dtype=torch.float32)
+                        .reshape(n, h * w, dim), dim=-1)
+        r = F.normalize(torch.as_tensor(np.ascontiguousarray(scorer_sets[:, s]), dtype=torch.float32)
+                        .reshape(n * h * w, dim), dim=-1)
+        for i in range(n):
+            out[s, i] = (q[i] @ r.T).reshape(h * w, n, h * w).amax(-1).numpy()
+    return out
+
+
+def scores_from_similarity(tables, h, w, topmin_max=0.2):
+    """Interval-averaged patch scores (n, n_sets, h, w) from the elementwise maximum of ``tables``."""
+    best = tables[0].copy()
+    for t in tables[1:]:
+        np.maximum(best, t, out=best)
+    n_sets, n = best.shape[:2]
+    k = max(1, int(np.floor((n - 1) * topmin_max)))
+    best[:, np.arange(n), :, np.arange(n)] = -np.inf  # never the image itself (nor its copies)
+    dist = np.sqrt(np.clip(2 - 2 * best, 0.0, None))
+    # k smallest distances to the other images (the self column is +inf)
+    part = np.partition(dist, k - 1, axis=-1)[..., :k].mean(-1)
+    return part.transpose(1, 0, 2).reshape(n, n_sets, h, w)
+
+
+def similarity_table(category, blocks, turn=None, entry=None):
+    """``best_similarity`` of the category's images against themselves or their ``turn`` copies (cached)."""
+    path = OUT / category / f"sim_{turn or 'none'}_{','.join(map(str, blocks))}.npy"
+    if path.exists():
+        return np.load(path)
+    entry = entry or load(category)
+    lnamd = LNAMDTransformer(device="cpu", aggregation="similarity")
+    X = lnamd.fit_transform(_subset(entry["tokens"], blocks)).features
+    Y = X if turn is None else lnamd.fit_transform(_subset(turned_tokens(category, turn), blocks)).features
+    t0 = time.perf_counter()
+    table = best_similarity(X, Y)
+    print(f"{category:11s} table {turn or 'none':6s} {time.perf_counter() - t0:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as f:
+        np.save(f, table)
+    path.with_suffix(".tmp").replace(path)
+    return table
+
+
+def orientation_from_tables(category, blocks, name, entry=None):
+    """Metrics of ``ORIENTATIONS[name]`` from the cached similarity tables (``similarity_table``)."""
+    entry = entry or load(category)
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(_subset(entry["tokens"], blocks))
+    tables = [similarity_table(category, blocks, t, entry) for t in (None, *ORIENTATIONS[name])]
+    set_scores = scores_from_similarity(tables, *X.features.shape[2:4])
+    msm, final, maps = _from_sets(X, set_scores, list(range(len(blocks))), X.input_size)
+    return _metrics(entry, msm, final, maps)
+
+
 def compute_orientation(category, blocks, name, entry=None):
     """Image AUROC etc. with turned copies of the other images as extra scorers (``ORIENTATIONS[name]``)."""
     key = f"{name} | " + ",".join(map(str, blocks))
@@ -222,6 +284,70 @@ def compute_orientation(category, blocks, name, entry=None):
     joblib.dump(out, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return out
+
+
+# Scale: tokens of the same images at a second input size, kept in $MUSC_CACHE/s<size>
+SCALES = {"224 + 336": 336, "224 + 448": 448}
+
+
+def sized_tokens(category, size):
+    """ViT tokens of every image of ``category`` at input size ``size`` (cached like ``_cache.load``)."""
+    from _cache import CACHE, vit
+
+    path = CACHE / f"s{size}" / f"{category}.joblib"
+    if path.exists():
+        return joblib.load(path)
+    tokens = vit(size).fit().transform(load(category)["paths"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(tokens, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return tokens
+
+
+def sized_table(category, blocks, size):
+    """``best_similarity`` of the category's images at input size ``size`` (cached)."""
+    path = OUT / category / f"sim_s{size}_{','.join(map(str, blocks))}.npy"
+    if path.exists():
+        return np.load(path)
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(
+        _subset(sized_tokens(category, size), blocks)).features
+    t0 = time.perf_counter()
+    table = best_similarity(X, X)
+    print(f"{category:11s} table s{size} {time.perf_counter() - t0:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as f:
+        np.save(f, table)
+    path.with_suffix(".tmp").replace(path)
+    return table
+
+
+def _patch_maps(set_scores, input_size):
+    patch = set_scores.mean(axis=1)
+    return F.interpolate(torch.as_tensor(patch)[:, None], size=tuple(input_size), mode="bilinear",
+                         align_corners=True)[:, 0].numpy()
+
+
+def combined_from_tables(category, blocks, size=None, turns=(), entry=None):
+    """Metrics with turned copies ``turns`` and, if ``size``, the maps of a second input size averaged in.
+
+    The image score is the maximum of the averaged map; RsCIN's salient feature comes from the 224 px
+    patch scores, as without the second size.
+    """
+    entry = entry or load(category)
+    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(_subset(entry["tokens"], blocks))
+    h, w = X.features.shape[2:4]
+    set_scores = scores_from_similarity([similarity_table(category, blocks, t, entry) for t in (None, *turns)],
+                                        h, w)
+    maps = _patch_maps(set_scores, X.input_size)
+    if size:
+        g = int(round(size / 14))
+        maps = (maps + _patch_maps(scores_from_similarity([sized_table(category, blocks, size)], g, g),
+                                   X.input_size)) / 2
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    layer = len(blocks) - 2
+    sal = salient_features(X.features[:, layer], set_scores.mean(axis=1))
+    final = RsCINRescorer(**RSCIN).fit(ImageScores(scores=scores, salient_features=sal)).anomaly_scores_
+    return _metrics(entry, scores, final, maps)
 
 
 def check(category="bottle"):
