@@ -251,41 +251,6 @@ def similarity_table(category, blocks, turn=None, entry=None):
     return table
 
 
-def orientation_from_tables(category, blocks, name, entry=None):
-    """Metrics of ``ORIENTATIONS[name]`` from the cached similarity tables (``similarity_table``)."""
-    entry = entry or load(category)
-    X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(_subset(entry["tokens"], blocks))
-    tables = [similarity_table(category, blocks, t, entry) for t in (None, *ORIENTATIONS[name])]
-    set_scores = scores_from_similarity(tables, *X.features.shape[2:4])
-    msm, final, maps = _from_sets(X, set_scores, list(range(len(blocks))), X.input_size)
-    return _metrics(entry, msm, final, maps)
-
-
-def compute_orientation(category, blocks, name, entry=None):
-    """Image AUROC etc. with turned copies of the other images as extra scorers (``ORIENTATIONS[name]``)."""
-    key = f"{name} | " + ",".join(map(str, blocks))
-    path = OUT / category / (key.replace(" ", "_").replace("|", "") + ".joblib")
-    if path.exists():
-        return joblib.load(path)
-    entry = entry or load(category)
-    lnamd = LNAMDTransformer(device="cpu", aggregation="similarity")
-    X = lnamd.fit_transform(_subset(entry["tokens"], blocks))
-    copies = [lnamd.fit_transform(_subset(turned_tokens(category, t), blocks)).features
-              for t in ORIENTATIONS.get(name, ())]
-    t0 = time.perf_counter()
-    set_scores = mutual_scores(X.features, copies)
-    seconds = time.perf_counter() - t0
-    msm, final, maps = _from_sets(X, set_scores, list(range(len(blocks))), X.input_size)
-    out = _metrics(entry, msm, final, maps)
-    out["seconds"] = seconds
-    print(f"{category:11s} {key:28s} img {out['image_auroc']:.3f} msm {out['msm_auroc']:.3f} "
-          f"pix {out['pixel_auroc']:.3f} pro {out['pro']:.3f} ({seconds:.0f} s)", flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(out, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    return out
-
-
 # Scale: tokens of the same images at a second input size, kept in $MUSC_CACHE/s<size>
 SCALES = {"224 + 336": 336, "224 + 448": 448}
 
@@ -350,6 +315,33 @@ def combined_from_tables(category, blocks, size=None, turns=(), entry=None):
     return _metrics(entry, scores, final, maps)
 
 
+COMBINED = {  # name -> (second input size or None, turns)
+    **{f"orientation: {name}": (None, turns) for name, turns in ORIENTATIONS.items() if turns},
+    **{f"scale: {name}": (size, ()) for name, size in SCALES.items()},
+    "scale: 224 + 336, turn 90": (336, ("rot90",)),
+}
+
+
+def _combined_path(category, name, blocks):
+    slug = name.replace(" ", "_").replace(":", "").replace(",", "-")
+    return OUT / category / f"combined_{slug}_{','.join(map(str, blocks))}.joblib"
+
+
+def compute_combined(category, name, blocks=BEST_BLOCKS):
+    """``combined_from_tables`` for ``COMBINED[name]``, cached per category."""
+    path = _combined_path(category, name, blocks)
+    if path.exists():
+        return joblib.load(path)
+    size, turns = COMBINED[name]
+    out = combined_from_tables(category, blocks, size, turns)
+    print(f"{category:11s} {name:34s} img {out['image_auroc']:.3f} msm {out['msm_auroc']:.3f} "
+          f"pix {out['pixel_auroc']:.3f} pro {out['pro']:.3f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(out, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return out
+
+
 def check(category="bottle"):
     """The subset derived from the four-block fit equals a direct fit on the subset."""
     entry = load(category)
@@ -412,12 +404,10 @@ def _rows(cats):
                 base = got["default (blocks 2,5,8,11)" if len(blocks) == 4 else "blocks " + ",".join(map(str, blocks))]
                 rows.setdefault(f"foreground auto, blocks {','.join(map(str, blocks))}", {})[c] = (
                     fg if fg["applied"] else {**base, "applied": False})
-        for name in ORIENTATIONS:
-            key = f"{name} | " + ",".join(map(str, BEST_BLOCKS))
-            path = OUT / c / (key.replace(" ", "_").replace("|", "") + ".joblib")
+        for name in COMBINED:
+            path = _combined_path(c, name, BEST_BLOCKS)
             if path.exists():
-                rows.setdefault(f"orientation: {name}, blocks {','.join(map(str, BEST_BLOCKS))}", {})[c] = (
-                    joblib.load(path))
+                rows.setdefault(f"{name}, blocks {','.join(map(str, BEST_BLOCKS))}", {})[c] = joblib.load(path)
     return rows
 
 
@@ -503,13 +493,13 @@ def main(argv):
         for c in cats:
             for blocks in FOREGROUND_BLOCKS:
                 compute_foreground(c, blocks)
-    elif what == "orientation":
-        # ACCURACY_ORIENTATIONS="turn 180;flip": only these (default: all of ORIENTATIONS)
-        chosen = os.environ.get("ACCURACY_ORIENTATIONS")
-        names = chosen.split(";") if chosen else list(ORIENTATIONS)
-        for c in argv[1:] or HARD:
+    elif what == "combined":
+        # ACCURACY_COMBINED="orientation: turn 90;scale: 224 + 336": only these (default: all of COMBINED)
+        chosen = os.environ.get("ACCURACY_COMBINED")
+        names = chosen.split(";") if chosen else list(COMBINED)
+        for c in cats:
             for name in names:
-                compute_orientation(c, BEST_BLOCKS, name)
+                compute_combined(c, name)
     elif what == "cost":
         cost(*(argv[1:2] or ["bottle"]))
     elif what == "table":
