@@ -149,7 +149,7 @@ def test_gpu_check_quick_on_the_cpu(gpu_check, tmp_path):
     """The QUICK CPU path of the GPU command: its benchmark steps, inputs made once, the summary."""
     out = tmp_path / "out"
     rc = gpu_check.main(["msm", "pipeline", "--quick", "--device", "cpu", "--out", str(out),
-                         "--cache-dir", str(tmp_path / "cache"), "--only", "float32 matmul"])
+                         "--cache-dir", str(tmp_path / "cache"), "--only", "float32 matmul", "bfloat16"])
     assert rc == 0
     assert (tmp_path / "cache" / "inputs-quick.npy").is_file()  # made once, outside --out
     kinds = [r["kind"] for r in _results(out)]
@@ -160,7 +160,8 @@ def test_gpu_check_quick_on_the_cpu(gpu_check, tmp_path):
     assert msm["max_abs_diff"] < 1e-5 and msm["gflops"] > 0 and summary["gemm"][0]["size"] == 128
     pipe, = summary["pipeline"]
     assert pipe["n"] == 12 and set(pipe["seconds"]) == {"vit", "lnamd", "msm", "rscin"}
-    assert [s["status"] for s in summary["steps"]] == ["ok", "ok"]
+    statuses = [(s["status"], s["reason"]) for s in summary["steps"]]
+    assert statuses == [("skipped", "needs CUDA")] * 4 + [("ok", None)] * 2  # bfloat16 first, as on a GPU
     md = (out / "summary.md").read_text()
     assert "| float32 | matmul | float32 |" in md and "| msm float32 matmul | ok |" in md
     assert "  msm: " in (out / "pipeline.log").read_text()  # stage times as they come
