@@ -23,15 +23,18 @@
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl open_clip_torch ftfy wcwidth
 # and run, in one call of the device tool:
 #   run: command "bash tools/gpu_check.sh", carry [".whl"], timeout_s 480
+# (If device time is left after it, a shorter second call can redo one stage, e.g.
+# command "BUDGET_S=200 bash tools/gpu_check.sh pipeline"; $OUT is emptied per call.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export GPU_CHECK_T0=${GPU_CHECK_T0:-$(date +%s.%N)}
 export OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
+site=
 if compgen -G ".whl/*.whl" >/dev/null; then  # into a fresh folder: nothing of an earlier install mixes in
     site=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+    trap 'rm -rf "$site"' EXIT
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
-    export PYTHONPATH=$site
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-exec python3 tools/gpu_check.py "$@"
+export PYTHONPATH=$PWD${site:+:$site}${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+python3 tools/gpu_check.py "$@"
