@@ -23,33 +23,51 @@ the patch scores (must be <= 1e-5 in float32).
 
 On CUDA every stage runs once on the first 8 images before the timed run
 (CUDA and cuBLAS start-up, cuDNN's and Triton's autotuning), so the times are
-those of a line that is already running.
+those of a line that is already running. The matrix-multiply rate is measured
+in the run's ``--matmul-precision`` (bfloat16 operands for "bfloat16").
+
+Synthetic batches are made once: with ``--inputs-cache FILE.npy`` the images
+of the largest size are stored as one (N, H, W, 3) uint8 array and every later
+run (another size, precision or algorithm) reads its first N images from it,
+as in-memory arrays, so decoding is not what is timed twice;
+``--make-inputs`` only makes that file (``tools/gpu_check.py`` does it while
+the tests run). Stage times are printed as each stage ends and ``--json``
+appends each result as soon as it is measured, so a run cut off keeps what
+it measured.
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from _jsonl import append_json
 
-from bench_msm import baseline_sets, best_time, matmul_rate, sync
-from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
-from sklearn_musc.kernels import resolve_device
+# torch, numpy and sklearn_musc are imported where they are used: the process
+# that only starts one child per size (--sizes) does not spend seconds on them.
 
 
 def peak_memory(device):
     """Peak resident memory of this process (and of the GPU), in GiB."""
+    import torch
+
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return host, gpu
 
 
 def run(images, args):
+    import numpy as np
+    import torch
+
+    from bench_msm import baseline_sets, best_time, matmul_rate, sync, versions
+    from sklearn_musc import LNAMDTransformer, MutualScoringDetector, RsCINRescorer, ViTPatchTransformer
+    from sklearn_musc.kernels import resolve_device
+
     device = resolve_device(args.device)
     pretrained = None if args.pretrained == "none" else args.pretrained
     # MSM's matmul precision as given; the ViT runs under bfloat16 autocast for "bfloat16" only
@@ -71,6 +89,7 @@ def run(images, args):
         out = fn()
         sync(device)
         times[name] = time.perf_counter() - start
+        print(f"  {name}: {times[name]:.3f} s", flush=True)  # a run cut off later keeps it in its log
         return out
 
     if device.type == "cuda":  # warm-up, see the module's docstring
@@ -80,6 +99,7 @@ def run(images, args):
     scores = timed("msm", lambda: msm.fit_transform(feats))
     timed("rscin", lambda: rscin.fit(scores))
     total = sum(times.values())
+    host, gpu = peak_memory(device)  # the pipeline's (warm-up included), before the yardsticks allocate
 
     # yardsticks: bare forward on as many preprocessed images, and MSM's arithmetic
     x = torch.randn(min(n, args.batch_size), 3, *vit.input_size_, device=device)
@@ -89,8 +109,8 @@ def run(images, args):
     _, n_sets, gh, gw, dim = feats.features.shape
     L = gh * gw
     gflop = n_sets * n * (n - 1) / 2 * L * L * dim * 2 / 1e9
-    rate = matmul_rate(min(n, 20) * L, dim, device, 3, duration=1.0)  # sustained, like MSM
-    host, gpu = peak_memory(device)
+    # sustained like MSM: products for as long as MSM ran (at most 1 s)
+    rate = matmul_rate(min(n, 20) * L, dim, device, 3, duration=min(1.0, times["msm"]), precision=matmul_precision)
     extra = {}
     if args.baseline:
         base_s, base = best_time(lambda: baseline_sets(feats.features, msm.topmin_max, device), device, 1)
@@ -99,13 +119,15 @@ def run(images, args):
             "pipeline_speedup": (total - times["msm"] + base_s) / total,
             "baseline_max_abs_diff": float(np.abs(base - msm.patch_scores_).max()),
         }
-    return {**extra,
+    return {**extra, "kind": "pipeline", **versions(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "n_images": n, "device": str(device), "backbone": args.backbone, "image_size": vit.input_size_,
         "grid": [gh, gw], "dim": dim, "n_sets": n_sets, "matmul_precision": matmul_precision,
         "algorithm": args.algorithm, "aggregation": lnamd.aggregation,
         "features_dtype": args.features_dtype,
         "seconds": times, "total_s": total, "images_per_s": n / total, "ms_per_image": 1000 * total / n,
-        "forward_s": forward, "msm_gflop": gflop, "matmul_gflops": rate, "msm_arith_s": gflop / rate,
+        "forward_s": forward, "msm_gflop": gflop, "msm_gflops": gflop / times["msm"], "matmul_gflops": rate,
+        "msm_arith_s": gflop / rate,
         "ratio_to_forward_plus_arith": total / (forward + gflop / rate),
         "peak_host_gib": host, "peak_gpu_gib": gpu,
     }
@@ -128,12 +150,28 @@ def report(r, stream=sys.stdout):
               f"{r['baseline_max_abs_diff']:.2e}", file=stream)
 
 
-def synthetic_images(n, size):
+def synthetic_images(n, size, cache=None):
+    """``n`` synthetic images of ``size`` px as one (n, size, size, 3) uint8 array.
+
+    With ``cache`` (a .npy path), the first ``n`` images of the array stored
+    there, made (and stored) first when it is missing or too small.
+    """
+    import numpy as np
+
     from sklearn_musc.datasets import make_synthetic_defects
 
+    if cache is not None and os.path.exists(cache):
+        stored = np.load(cache, mmap_mode="r")
+        if stored.ndim == 4 and len(stored) >= n and stored.shape[1:3] == (size, size):
+            return np.array(stored[:n])
     data = make_synthetic_defects(n_images=n, n_anomalous=max(1, n // 10), image_size=size,
                                   kind="object", random_state=0)
-    return list(data.images)
+    images = np.ascontiguousarray(np.asarray(data.images, dtype=np.uint8))
+    if cache is not None:  # written whole, then renamed: never a half-written cache
+        partial = f"{cache}.{os.getpid()}.partial.npy"
+        np.save(partial, images)
+        os.replace(partial, cache)
+    return images
 
 
 def main(argv=None):
@@ -157,32 +195,49 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--baseline", action="store_true", help="also time MSM in the reference's structure")
     parser.add_argument("--json", type=Path, help="append the results as JSON lines")
+    parser.add_argument("--inputs-cache", type=Path, default=None,
+                        help="synthetic images: read from (and, the first time, store in) this .npy file")
+    parser.add_argument("--make-inputs", action="store_true",
+                        help="only make the --inputs-cache file for the largest of --sizes, then stop")
     parser.add_argument("--_one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.make_inputs:
+        if args.inputs_cache is None or not args.sizes:
+            parser.error("--make-inputs needs --inputs-cache and --sizes")
+        start = time.perf_counter()
+        images = synthetic_images(max(args.sizes), args.image_size, args.inputs_cache)
+        print(f"inputs: {images.shape} uint8 in {args.inputs_cache} ({time.perf_counter() - start:.1f} s)")
+        return
     if args._one is not None:  # child process: one synthetic size
-        result = run(synthetic_images(args._one, args.image_size), args)
-        print("RESULT " + json.dumps(result))
+        result = run(synthetic_images(args._one, args.image_size, args.inputs_cache), args)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     results = []
     if args.images is not None:
         paths = sorted(str(p) for p in args.images.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".bmp"})
         results.append(run(paths, args))
         report(results[-1])
+        append_json(args.json, results[-1])
     for n in args.sizes or []:
         child = list(argv if argv is not None else sys.argv[1:])
         cmd = [sys.executable, __file__, *child, "--_one", str(n)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results.append(json.loads(out.split("RESULT ", 1)[1]))
+        # the child's lines as they come (stage times), its result at the end
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            result = None
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT "):])
+                else:
+                    print(line, end="", flush=True)
+        if proc.returncode != 0 or result is None:
+            raise SystemExit(f"the run of {n} images failed (exit status {proc.returncode})")
+        results.append(result)
         report(results[-1])
+        append_json(args.json, results[-1])
     for r in results:
         if r["matmul_precision"] == "float32" and r.get("baseline_max_abs_diff", 0.0) > 1e-5:
             raise SystemExit(f"the baseline's scores differ by {r['baseline_max_abs_diff']:.2e} > 1e-5")
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
-
 
 if __name__ == "__main__":
     main()
