@@ -319,3 +319,14 @@ def test_copies_of_the_wrong_shape_are_refused(rng):
     bad = FeatureSets(features=X.features, set_index=X.set_index, turned=X.turned, turns=("rot90",))
     with pytest.raises(ValueError, match=r"^the turned copies of the batch must have shape \(n_images, n_turns\)"):
         MutualScoringDetector(device="cpu", progress=False).fit(bad)
+
+
+def test_the_cross_modal_detector_refuses_copies_instead_of_dropping_them(rng):
+    from sklearn_musc import CrossModalDetector
+    from sklearn_musc._batch import MultimodalFeatures
+
+    rgb = random_sets(rng, n=4, n_sets=1)
+    xyz = FeatureSets(features=random_sets(rng, n=4, n_sets=1).features, set_index=((0, 0),))
+    with pytest.raises(ValueError, match=r"^CrossModalDetector does not score with turned copies \(\('rot90', "
+                                         r"'flip'\)\): make the features without ViTPatchTransformer\(turns=\.\.\.\)$"):
+        CrossModalDetector(device="cpu").fit(MultimodalFeatures(rgb=rgb, xyz=xyz))
