@@ -330,3 +330,60 @@ def test_the_cross_modal_detector_refuses_copies_instead_of_dropping_them(rng):
     with pytest.raises(ValueError, match=r"^CrossModalDetector does not score with turned copies \(\('rot90', "
                                          r"'flip'\)\): make the features without ViTPatchTransformer\(turns=\.\.\.\)$"):
         CrossModalDetector(device="cpu").fit(MultimodalFeatures(rgb=rgb, xyz=xyz))
+
+
+# ------------------------------------------------------------------ the command line
+
+CLI_RANDOM = ["--pretrained", "none", "--backbone", "timm:vit_small_patch14_dinov2", "--image-size", "56",
+              "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def part_dir(tmp_path):
+    from sklearn_musc.datasets import save_synthetic_defects
+
+    save_synthetic_defects(tmp_path / "part", n_images=6, n_anomalous=2, image_size=64, kind="object", random_state=0)
+    return tmp_path / "part" / "test"
+
+
+def test_cli_turns_score_a_batch_and_a_model_with_copies(part_dir, tmp_path, capsys):
+    import json
+
+    from _helpers import run_cli
+
+    out = tmp_path / "out"
+    rc, text, err = run_cli(capsys, "score", part_dir, "--out", out, "--turns", "rot90,flip", *CLI_RANDOM)
+    assert rc == 0, err
+    assert "with turned copies rot90,flip as extra scorers" in err  # the ViT's stage line
+    assert json.loads((out / "summary.json").read_text())["settings"]["turns"] == ["rot90", "flip"]
+    model = tmp_path / "model.joblib"
+    rc, text, err = run_cli(capsys, "fit", part_dir, "--model", model, "--turns", "rot180", *CLI_RANDOM)
+    assert rc == 0, err
+    assert "fitted a pool of 6 images with turned copies rot180" in text
+    rc, text, err = run_cli(capsys, "score", part_dir, "--model", model, "--out", tmp_path / "new", "--no-progress")
+    assert rc == 0, err
+    assert "against the pool of 6 images and their turned copies (rot180)" in err
+
+
+def test_cli_bad_turns_are_one_line_usage_errors(part_dir, tmp_path, capsys):
+    from _helpers import run_cli
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        run_cli(capsys, "score", part_dir, "--out", tmp_path / "out", *CLI_RANDOM, "--turns", "rot45")
+    assert exit_.value.code == 2
+    assert ("argument --turns: must be comma-separated names among rot90, rot180, rot270, flip, flip_v, got "
+            "'rot45'") in capsys.readouterr().err
+    rc, _, err = run_cli(capsys, "score", part_dir, "--out", tmp_path / "out", *CLI_RANDOM, "--turns", "rot90",
+                         "--image-size", "56x84")
+    assert rc == 2 and len(err.strip().splitlines()) == 2, err  # the stage line, then the error
+    assert "turns ['rot90'] need a square model input to turn, got image_size 56 x 84" in err.splitlines()[-1]
+
+
+def test_the_cli_estimate_counts_the_copies():
+    from sklearn_musc.cli import estimate
+
+    plain = estimate.estimate(10, 2, 3, depth=2, width=16, grid=(3, 3), prefix=1, rate=1e6)
+    turned = estimate.estimate(10, 2, 3, depth=2, width=16, grid=(3, 3), prefix=1, rate=1e6, n_turns=2)
+    assert np.isclose(turned[0], 3 * plain[0])  # every image and reference passes the ViT 3 times
+    # per set: 45 pairs of the batch, 20 with the references; each copy: 10 x 12 more pairs
+    assert np.isclose(turned[1] / plain[1], (45 + 20 + 2 * 10 * 12) / (45 + 20))
