@@ -223,7 +223,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         forward pass per image, and one more set of scorer patches, about
         twice the mutual-scoring products of the batch itself: ``T`` copies
         cost ``(1 + T)`` times the ViT and about ``(1 + 2T)`` times MSM.
-        "rot90" and "rot270" need a square ``image_size``. None: no copies.
+        "rot90" and "rot270" need a square ``image_size``. New images scored
+        against a novelty pool need no copies of their own (the pool's
+        score them), though a Pipeline's ViT makes them. None: no copies.
 
     Attributes
     ----------

@@ -136,6 +136,24 @@ def test_novelty_scores_new_images_against_the_pool_and_its_copies(rng, half):
     assert np.abs(det.set_patch_scores_ - batch).max() < 1e-5
 
 
+def test_workers_and_a_pool_cut_in_parts_keep_each_pool_image_with_its_copies(rng):
+    import joblib
+
+    X = random_sets(rng, n=11)
+    pool, new = X.take(range(8)), X.take(range(8, 11))
+    want = expected(X, range(8, 11), lambda i: range(8)).mean(axis=1).reshape(3, -1).max(axis=1)
+    with joblib.parallel_config(backend="threading"):
+        det = MutualScoringDetector(novelty=True, device="cpu", n_jobs=2, progress=False).fit(pool)
+        many = det.score_samples(new)  # the new images spread over 2 workers
+        one = det.score_samples(new.take([1]))  # one image: the pool cut in 2 parts, copies with their images
+        batch = MutualScoringDetector(n_subsets=2, random_state=0, n_jobs=2, device="cpu", progress=False).fit(X)
+    np.testing.assert_allclose(-many, want, atol=1e-5)
+    np.testing.assert_allclose(-one, want[1:2], atol=1e-5)
+    for idx in batch.subsets_:
+        assert np.abs(batch.set_patch_scores_[idx] - expected(X, idx, lambda i, idx=idx: [j for j in idx if j != i])
+                      ).max() < 1e-5
+
+
 def test_a_pool_grown_with_partial_fit_equals_one_fitted_whole(rng):
     X = random_sets(rng, n=10)
     new = X.take([8, 9])
