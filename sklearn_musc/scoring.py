@@ -562,12 +562,13 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
 
     def _copies(self, X, what):
         """The turned copies of ``X`` as feature sets (``_msm_batch.stack_copies``), or None without copies."""
-        if X.turned is None:
+        if X.turned is None and not X.turns:
             return None
-        n_turns = X.turned.shape[1] if X.turned.ndim == 6 else -1
-        if X.turned.shape != (X.n_images, n_turns) + X.features.shape[1:] or len(X.turns or ()) != n_turns:
+        n_turns = len(X.turns or ())
+        shape = None if X.turned is None else X.turned.shape
+        if n_turns == 0 or shape != (X.n_images, n_turns) + X.features.shape[1:]:
             raise ValueError(f"the turned copies of {what} must have shape (n_images, n_turns) + "
-                             f"{X.features.shape[1:]} with one name per copy in turns, got {X.turned.shape} "
+                             f"{X.features.shape[1:]} with one name per copy in turns, got {shape} "
                              f"and turns={X.turns!r}")
         for name, value, instead in (("radius", self.radius, "radius=None, or features without turns"),
                                      ("foreground", self.foreground, "foreground=None")):
@@ -575,6 +576,15 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 raise ValueError(f"{name}={value!r} cannot be combined with the turned copies {X.turns!r}: a "
                                  f"turned part has its patches elsewhere on the grid; use {instead}")
         return _msm_batch.stack_copies(X.turned)
+
+    def __setstate__(self, state):
+        # pickled before turned copies existed (a saved model): fitted without them
+        state = dict(state)
+        if "device_" in state:
+            state.setdefault("turns_", ())
+        if "_pool_sets" in state:
+            state.setdefault("_pool_copies", None)
+        super().__setstate__(state)
 
     def _foreground(self, X):
         """The feature sets MSM scores: with ``foreground``, the background patches zeroed."""

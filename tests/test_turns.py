@@ -405,3 +405,18 @@ def test_the_cli_estimate_counts_the_copies():
     assert np.isclose(turned[0], 3 * plain[0])  # every image and reference passes the ViT 3 times
     # per set: 45 pairs of the batch, 20 with the references; each copy: 10 x 12 more pairs
     assert np.isclose(turned[1] / plain[1], (45 + 20 + 2 * 10 * 12) / (45 + 20))
+
+
+def test_names_without_copies_are_refused_and_old_pickles_score_without_copies(rng):
+    X = random_sets(rng, n=6)
+    with pytest.raises(ValueError, match=r"^the turned copies of the batch must have shape .* got None and "
+                                         r"turns=\('rot90', 'flip'\)$"):
+        MutualScoringDetector(device="cpu", progress=False).fit(FeatureSets(features=X.features, turns=X.turns))
+    plain = FeatureSets(features=X.features, set_index=X.set_index)
+    det = MutualScoringDetector(novelty=True, device="cpu", progress=False).fit(plain.take(range(5)))
+    want = det.score_samples(plain.take([5]))
+    for name in ("_pool_copies", "turns_"):  # a detector saved before turned copies existed
+        del det.__dict__[name]
+    old = pickle.loads(pickle.dumps(det))
+    assert old.turns_ == () and old.pool_.turned is None
+    np.testing.assert_array_equal(old.score_samples(plain.take([5])), want)
