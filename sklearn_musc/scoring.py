@@ -1062,7 +1062,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             new_sets, new_inv = _msm_batch.prepare_pool(X.features)
             added_copies = None if new_copies is None else _msm_batch.prepare_pool(new_copies)
             n_old, n_new, n_sets = len(old), X.n_images, old.shape[1]
-            pairs = n_sets * (2 * n_old * n_new + n_new * (n_new - 1) // 2) * (1 + len(self.turns_))
+            n_turns = len(self.turns_)
+            pairs = n_sets * 2 * n_old * n_new * (1 + n_turns) + _msm_batch.batch_pairs(n_new, 0, n_sets, n_turns)
             with progress_bar(pairs, "adding to the pool", self.progress, unit="pair") as bar:
                 args = (device, budget, self.matmul_precision, self.radius)
                 old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, n_new, *args, added_copies,

@@ -420,3 +420,35 @@ def test_names_without_copies_are_refused_and_old_pickles_score_without_copies(r
     old = pickle.loads(pickle.dumps(det))
     assert old.turns_ == () and old.pool_.turned is None
     np.testing.assert_array_equal(old.score_samples(plain.take([5])), want)
+
+
+def test_progress_counts_every_pair_the_copies_add(rng, monkeypatch):
+    from sklearn_musc import scoring
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, enabled, unit="it"):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+
+    monkeypatch.setattr(scoring, "progress_bar", Bar)
+    X = random_sets(rng, n=10)
+    det = MutualScoringDetector(novelty=True, max_pool_size=20, device="cpu")
+    det.fit(X.take(range(5)), references=X.take([5, 6]))
+    det.partial_fit(X.take([7, 8]))
+    det.score_samples(X.take([9]))
+    det.set_params(n_subsets=2, random_state=0).fit(X.take(range(6)))  # subsets: the pool calibrated apart
+    det.set_params(novelty=False).fit(X)
+    assert {b.desc for b in bars} == {"mutual scoring", "reference scores", "adding to the pool", "novelty scoring",
+                                      "pool calibration"}
+    assert [(b.desc, b.n) for b in bars] == [(b.desc, b.total) for b in bars]
