@@ -286,6 +286,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     (2, 4, 4, 4, 64)
     >>> vit.layers_, out.original_sizes
     ((0, 1, 2, 3), ((60, 80), (60, 80)))
+
+    Turned copies of every image, extra scorers for ``MutualScoringDetector``:
+
+    >>> vit.set_params(turns=("rot90", "flip")).fit().transform(images).turned.shape
+    (2, 2, 4, 4, 4, 64)
     """
 
     _parameter_constraints = {
