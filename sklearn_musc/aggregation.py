@@ -242,6 +242,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         -------
         features : FeatureSets
             ``features.features`` has shape (n_images, n_sets, grid_h, grid_w, dim).
+            Tokens with turned copies (``ViTPatchTransformer(turns=...)``)
+            give ``features.turned`` (n_images, n_turns, n_sets, grid_h,
+            grid_w, dim): each copy aggregated as an image of its own.
         """
         check_is_fitted(self, "set_index_")
         X = as_patch_tokens(X)

@@ -169,7 +169,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ``4 * (n*n*L + 3*n*k*L)`` bytes for the table of per-image best
         matches and its top ``k``, plus the features (``4*n*L*C``; streamed
         from the host in tiles when they do not fit) and one product tile of
-        at most 32 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
+        at most 32 MiB (CPU) or 2 GiB (CUDA); turned copies add their
+        features (``4*n_turns*n*L*C``), not tables. A batch whose table does not fit
         is refused with a ``MemoryError`` that proposes a subset size. With
         ``n_jobs > 1``, each concurrently scored subset has this budget.
     matmul_precision : {"float32", "tf32", "bfloat16"}, default="float32"
@@ -271,7 +272,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ``features`` are the only state novelty scoring needs:
         ``N * n_sets * grid_h * grid_w * dim`` values in their stored dtype
         (float32 ones normalised to unit length at fit; float16 ones kept
-        as given, with one float32 inverse norm per patch).
+        as given, with one float32 inverse norm per patch). With turned
+        copies, ``pool_.turned`` holds theirs, kept the same way.
     offset_ : float
         With ``novelty=True``: ``-threshold_``, so that
         ``decision_function = score_samples - offset_`` is negative for the
