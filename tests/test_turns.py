@@ -98,8 +98,18 @@ def test_tiles_streamed_from_the_host_give_the_same_scores(rng):
     X = random_sets(rng, n=10, h=4, w=4)
     whole = MutualScoringDetector(device="cpu", progress=False).fit(X).set_patch_scores_
     # room for the table and small product tiles, not for the features: streamed in tiles
+    from sklearn_musc import _msm
+
+    plan = _msm.Plan(10, 16, 12, 1, torch.device("cpu"), 40_000, n_turns=2)
+    assert not plan.resident and plan.block < 10
     streamed = MutualScoringDetector(device="cpu", progress=False, memory_budget=40_000).fit(X).set_patch_scores_
     np.testing.assert_allclose(streamed, whole, atol=1e-6)
+    # and a pool scoring new images in tiles
+    pool = MutualScoringDetector(novelty=True, device="cpu", progress=False).fit(X.take(range(7)))
+    want = pool.score_samples(X.take(range(7, 10)))
+    assert not _msm.Plan(3, 16, 12, 1, torch.device("cpu"), 12_000, n_cols=7, n_turns=2).resident
+    np.testing.assert_allclose(pool.set_params(memory_budget=12_000).score_samples(X.take(range(7, 10))), want,
+                               atol=1e-6)
 
 
 def test_references_with_copies_join_the_scorers(rng):
