@@ -86,6 +86,12 @@ class PatchTokens(_BatchMixin):
         How the images were fitted to the input (``ViTPatchTransformer``'s
         ``crop_mode``); with ``input_size`` and ``original_sizes``, what
         :func:`~sklearn_musc.geometry.maps_to_original` needs.
+    turned : ndarray of shape (n_images, n_turns, n_layers, grid_h, grid_w, dim) or None
+        Tokens of each image's model input turned or mirrored as ``turns``
+        says (``ViTPatchTransformer(turns=...)``): extra scorers of the other
+        images, never part of the image's own maps. None without turns.
+    turns : tuple of str or None
+        The name of each copy in ``turned`` (``"rot90"``, ``"flip"``, ...).
     """
 
     tokens: np.ndarray
@@ -96,8 +102,10 @@ class PatchTokens(_BatchMixin):
     sources: Optional[Tuple[str, ...]] = None
     backbone: Optional[str] = None
     crop_mode: Optional[str] = None
+    turned: Optional[np.ndarray] = None
+    turns: Optional[Tuple[str, ...]] = None
 
-    _per_image = ("tokens", "embeddings", "original_sizes", "sources")
+    _per_image = ("tokens", "embeddings", "original_sizes", "sources", "turned")
 
     @property
     def n_images(self):
@@ -127,6 +135,13 @@ class FeatureSets(_BatchMixin):
         ``r_list``, e.g. ``("similarity", (1, 3, 5))``, so that features made
         otherwise are never scored together (the similarity-weighted sets do
         not name their degrees in ``set_index``); None for raw arrays.
+    turned : ndarray of shape (n_images, n_turns, n_sets, grid_h, grid_w, dim) or None
+        The feature sets of each image's turned copies (``PatchTokens.turned``
+        aggregated like the images): :class:`MutualScoringDetector` scores
+        every patch against each other image *and* that image's copies.
+        None without turns.
+    turns : tuple of str or None
+        The name of each copy in ``turned``.
     """
 
     features: np.ndarray
@@ -138,8 +153,10 @@ class FeatureSets(_BatchMixin):
     backbone: Optional[str] = None
     aggregation: Optional[Tuple[str, Tuple[int, ...]]] = None
     crop_mode: Optional[str] = None
+    turned: Optional[np.ndarray] = None
+    turns: Optional[Tuple[str, ...]] = None
 
-    _per_image = ("features", "embeddings", "original_sizes", "sources")
+    _per_image = ("features", "embeddings", "original_sizes", "sources", "turned")
 
     @property
     def n_images(self):
@@ -149,21 +166,26 @@ class FeatureSets(_BatchMixin):
     # contiguously (set-major), which a plain pickle or a joblib dump would turn
     # into C order. The layout is part of joblib.hash, so without this a batch
     # loaded from a Pipeline(memory=...) cache hashes differently from the same
-    # batch freshly computed and the next step's cache misses.
+    # batch freshly computed and the next step's cache misses. The turned
+    # copies are kept the same way (their set axis is the third).
+    _SET_AXIS = {"features": 1, "turned": 2}
+
     def __getstate__(self):
         state = dict(self.__dict__)
-        features = state["features"]
-        if isinstance(features, np.ndarray) and features.ndim >= 2 and not features.flags.c_contiguous:
-            swapped = features.swapaxes(0, 1)
-            if swapped.flags.c_contiguous:
-                state["features"] = swapped
-                state["_set_major"] = True
+        for name, axis in self._SET_AXIS.items():
+            array = state.get(name)
+            if isinstance(array, np.ndarray) and array.ndim > axis and not array.flags.c_contiguous:
+                moved = np.moveaxis(array, axis, 0)
+                if moved.flags.c_contiguous:
+                    state[name] = moved
+                    state["_set_major" if name == "features" else f"_set_major_{name}"] = True
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        if state.pop("_set_major", False):
-            state["features"] = state["features"].swapaxes(0, 1)
+        for name, axis in self._SET_AXIS.items():
+            if state.pop("_set_major" if name == "features" else f"_set_major_{name}", False):
+                state[name] = np.moveaxis(state[name], 0, axis)
         self.__dict__.update(state)
 
     @property

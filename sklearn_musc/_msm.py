@@ -82,16 +82,18 @@ class Plan:
     than the images) + ``3*n*k_max*L`` (the ``k_max`` best matches and their
     indices) + the features (``(n + n_cols)*L*C`` for a pool, ``n*L*C`` for a
     batch, when they fit, else two tiles ``2*b*L*C`` streamed from the host)
-    + one product tile ``(b*L)**2``.
+    + one product tile ``(b*L)**2``. With ``n_turns`` turned copies of
+    each scorer image, their ``n_turns*n_cols*L*C`` features count too (the
+    table keeps its size: the copies are maximised into it).
     """
 
-    def __init__(self, n, L, C, k_max, device, budget, n_cols=None):
+    def __init__(self, n, L, C, k_max, device, budget, n_cols=None, n_turns=0):
         cols = n if n_cols is None else n_cols
         fixed = _F32 * (n * cols * L + 3 * n * k_max * L)
         if fixed > budget:
             raise MemoryError(self._advice(n, L, cols, k_max, fixed, budget, n_cols is None))
         left = budget - fixed
-        features = _F32 * (n if n_cols is None else n + n_cols) * L * C
+        features = _F32 * ((n if n_cols is None else n + n_cols) + n_turns * cols) * L * C
         self.resident = features <= left // 2
         left -= features if self.resident else 0
         tile = min(_TILE_BYTES[device.type], left)
@@ -271,55 +273,67 @@ def max_similarity_table(Z, plan, matmul_precision="float32", algorithm="matmul"
     return table
 
 
-def cross_similarity_table(Q, P, plan, matmul_precision="float32", progress=None):
+def cross_similarity_table(Q, P, plan, matmul_precision="float32", progress=None, out=None):
     """Best matches of new images ``Q`` in the pool images ``P`` (novelty scoring).
 
     Parameters
     ----------
     Q : tensor of shape (m, L, C)
         Unit-norm patch features of the images to score.
-    P : tensor of shape (N, L, C)
-        Unit-norm patch features of the pool (the scorers).
+    P : tensor of shape (N, Lp, C)
+        Unit-norm patch features of the pool (the scorers). A scorer may have
+        more patches than a scored image: its own and those of its turned
+        copies (``Lp = (1 + n_turns) * L``), or those of its copies alone.
     plan : Plan
         Made with ``n=m, n_cols=N``: device, tile size, residency.
     matmul_precision : {"float32", "tf32", "bfloat16"}
         As in :func:`max_similarity_table`.
     progress : callable or None
-        Called with the number of image pairs of each tile (``m * N`` in all).
+        Called with the number of image pairs of each tile, counted in
+        ``L x L`` products (``m * N * Lp / L`` in all).
+    out : tensor of shape (m, L, N) or None
+        A table to update: each entry becomes the larger of its value and
+        the best match in ``P`` (the turned copies of a batch's images,
+        maximised into the batch's own table).
 
     Returns
     -------
     table : tensor of shape (m, L, N) on ``plan.device``
         ``table[i, p, j] = max_q Q[i, p] . P[j, q]``: row ``i`` is the row a
         new image would have in the table of the batch ``P + {Q[i]}``, so its
-        interval average is the same.
+        interval average is the same. ``out`` when given.
     """
     m, L, C = Q.shape
-    N = P.shape[0]
+    N, Lp = P.shape[:2]
     device = plan.device
     dtype, rounding, product = _product_fn(matmul_precision, device)
-    q, p = Q.reshape(m * L, C), P.reshape(N * L, C)
+    q, p = Q.reshape(m * L, C), P.reshape(N * Lp, C)
     if rounding is not None:
         q, p = rounding(q.float()), rounding(p.float())
     if plan.resident:
         q, p = q.to(device, dtype), p.to(device, dtype)
-    table = torch.empty((m, L, N), dtype=torch.float32, device=device)
+    table = torch.empty((m, L, N), dtype=torch.float32, device=device) if out is None else out
     b = plan.block
     rb = min(m, b)
     # Few new images (one part on a line): the tile's area goes to the pool's side
     # rather than to rows that do not exist, so a set is a few large products.
-    cb = max(b, (b * b) // rb) if plan.resident else b
+    # Wider scorers (turned copies): as many fewer of them per tile.
+    cb = max(1, (max(b, (b * b) // rb) if plan.resident else b) * L // Lp)
     with _allow_tf32(matmul_precision, device):
         for t0 in range(0, m, rb):  # a tile of new images against every tile of the pool
             t1 = min(m, t0 + rb)
             rows = q[t0 * L : t1 * L].to(device, dtype, non_blocking=True)
             for u0 in range(0, N, cb):
                 u1 = min(N, u0 + cb)
-                cols = p[u0 * L : u1 * L].to(device, dtype, non_blocking=True)
-                prod = product(rows, cols).view(t1 - t0, L, u1 - u0, L)
-                table[t0:t1, :, u0:u1] = prod.amax(dim=3)
+                cols = p[u0 * Lp : u1 * Lp].to(device, dtype, non_blocking=True)
+                best = product(rows, cols).view(t1 - t0, L, u1 - u0, Lp).amax(dim=3)
+                if out is None:
+                    table[t0:t1, :, u0:u1] = best
+                else:
+                    here = table[t0:t1, :, u0:u1]
+                    torch.maximum(here, best, out=here)
                 if progress is not None:
-                    progress((t1 - t0) * (u1 - u0))
+                    progress((t1 - t0) * (u1 - u0) * Lp // L)
     return table
 
 

@@ -9,8 +9,16 @@ apply the interval average and return numpy arrays. Two ways of scoring:
 - :func:`pool_best_matches` + :func:`merge_best_matches`: new images scored
   by a fitted pool only (novelty mode). A pool can be split into parts whose
   best matches are merged, so that parts run on different workers.
+
+Turned copies of the scorer images (``ViTPatchTransformer(turns=...)``) come
+as ``copies``: for each image and set, its copies' patches stacked into one
+tall grid (:func:`stack_copies`), so they load, normalise and pool exactly as
+feature sets do. A scorer image then has its own patches and its copies':
+its column of the table is the best match over both, and never an image's
+own copies (the table's diagonal stays ``-inf``).
 """
 
+import math
 import warnings
 
 import numpy as np
@@ -46,13 +54,38 @@ def _load_set(part, where):
     return F.normalize(Z, dim=-1), Z.isfinite().all()
 
 
-def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None, progress=None):
+def stack_copies(turned):
+    """Turned copies (n, n_turns, n_sets, h, w, C) as feature sets (n, n_sets, n_turns * h, w, C).
+
+    Each image's copies of one set become one grid of ``n_turns * h`` rows:
+    the scorer patches of the copies, in the layout of a feature set (a view
+    when the copies are set-major, as :class:`LNAMDTransformer` makes them).
+    """
+    n, n_turns, n_sets, h, w, dim = turned.shape
+    return np.moveaxis(turned, 1, 2).reshape(n, n_sets, n_turns * h, w, dim)
+
+
+def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None, progress=None, copies=None):
     """The best-match table of ``Z`` against itself (P None) or against ``P``.
 
+    ``copies`` (n_scorers, n_turns * L, C) or None: the patches of the
+    scorers' turned copies (of ``Z``'s images when ``P`` is None, else of
+    ``P``'s), maximised into the table; an image's own copies never score it.
     ``progress`` (callable or None) is called with numbers of image pairs as
     they are compared: ``n (n - 1) / 2`` against itself, ``n * len(P)``
-    against ``P``.
+    against ``P``, plus ``n_turns`` times ``n * n_scorers`` for the copies.
     """
+    if copies is not None:
+        if radius is not None:
+            raise ValueError("turned copies cannot be matched at the same position (radius)")
+        if P is not None:  # one product per tile: each scorer's own patches and its copies'
+            return _msm.cross_similarity_table(Z, torch.cat([P, copies.to(P.device)], dim=1), plan,
+                                               matmul_precision, progress)
+        table = _table(Z, plan, matmul_precision, algorithm, radius, grid, progress=progress)
+        _msm.cross_similarity_table(Z, copies, plan, matmul_precision, progress, out=table)
+        idx = torch.arange(len(Z), device=table.device)
+        table[idx, :, idx] = -math.inf  # never an image's own copies
+        return table
     if radius is not None:
         Z, P = Z.to(plan.device), None if P is None else P.to(plan.device)
         table = _msm.local_similarity_table(Z, grid, radius, P=P, matmul_precision=matmul_precision)
@@ -64,13 +97,14 @@ def _table(Z, plan, matmul_precision, algorithm, radius, grid, P=None, progress=
     return _msm.cross_similarity_table(Z, P, plan, matmul_precision, progress)
 
 
-def batch_pairs(n, n_refs, n_sets):
+def batch_pairs(n, n_refs, n_sets, n_turns=0):
     """Image pairs :func:`score_batch` compares: the unit of its ``progress``."""
-    return n_sets * (n * (n - 1) // 2 + n * n_refs)
+    return n_sets * (n * (n - 1) // 2 + n * n_refs + n_turns * n * (n + n_refs))
 
 
 def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precision, algorithm,
-                radius=None, references=None, repeat_ratio=None, bounds=None, keep=None, progress=None):
+                radius=None, references=None, repeat_ratio=None, bounds=None, keep=None, copies=None,
+                reference_copies=None, progress=None):
     """Per-set patch scores of the images ``rows`` (None: all): (n, n_sets, h, w) float32.
 
     The images score each other; ``references`` (R, n_sets, h, w, C), when
@@ -86,13 +120,17 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
     table: no further products). With ``keep``, also returns each patch's ``keep`` best
     matches among its scorers, as :func:`best_matches` (from the same table).
     ``progress`` is called with the image pairs compared (:func:`batch_pairs` in all).
+    ``copies`` (and ``reference_copies``), (n, n_sets, n_turns * h, w, C) from
+    :func:`stack_copies`: the turned copies of the images (of the references),
+    which score every image but their own.
     """
     n = len(features) if rows is None else len(rows)
     _, _, h, w, dim = features.shape
     L = h * w
     n_refs = 0 if references is None else len(references)
+    n_turns = 0 if copies is None else copies.shape[2] // h
     plan = _msm.Plan(n, L, dim, k_bounds[1], device, budget,
-                     n_cols=None if n_refs == 0 else n + n_refs)
+                     n_cols=None if n_refs == 0 else n + n_refs, n_turns=n_turns)
     where = device if plan.resident or radius is not None else torch.device("cpu")
     with torch.inference_mode():
         scores = torch.empty((n, len(set_ids), L), dtype=torch.float32, device=device)
@@ -102,11 +140,19 @@ def score_batch(features, rows, set_ids, k_bounds, device, budget, matmul_precis
         for s in set_ids:
             Z, ok = _load_set(features[:, s] if rows is None else features[rows, s], where)
             finite &= ok
-            table = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), progress=progress)
+            Zc = None
+            if copies is not None:
+                Zc, ok = _load_set(copies[:, s] if rows is None else copies[rows, s], where)
+                finite &= ok
+            table = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), progress=progress, copies=Zc)
             if n_refs:
                 R, ok = _load_set(references[:, s], where)
                 finite &= ok
-                against = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R, progress)
+                Rc = None
+                if reference_copies is not None:
+                    Rc, ok = _load_set(reference_copies[:, s], where)
+                    finite &= ok
+                against = _table(Z, plan, matmul_precision, algorithm, radius, (h, w), R, progress, copies=Rc)
                 table = torch.cat([table, against], dim=2)
             scores[:, s] = _msm.interval_average(table, *k_bounds)
             if keep is not None:
@@ -161,7 +207,7 @@ def prepare_pool(features):
 
 
 def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, matmul_precision, radius=None,
-                      progress=None):
+                      pool_copies=None, progress=None):
     """The ``k_max`` best matches of each new patch among the pool's images.
 
     Parameters
@@ -172,7 +218,12 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, mat
         The pool (or a part of it, sliced on the image axis), as made by
         :func:`prepare_pool`.
     progress : callable or None
-        Called with the image pairs compared (``n_sets * m * N`` in all).
+        Called with the image pairs compared (``n_sets * m * N`` in all,
+        ``1 + n_turns`` times that with copies).
+    pool_copies : (ndarray, ndarray or None) or None
+        The turned copies of the pool images, :func:`prepare_pool` of
+        :func:`stack_copies`: each pool image scores with its own patches
+        and its copies'.
 
     Returns
     -------
@@ -186,15 +237,16 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, mat
     # As many new images at once as the table of best matches allows.
     per_image = 4 * (N * L + 3 * keep * L)
     chunk = int(max(1, min(m, budget // (2 * per_image))))
-    plan = _msm.Plan(chunk, L, dim, keep, device, budget, n_cols=N)
+    n_turns = 0 if pool_copies is None else pool_copies[0].shape[2] // h
+    plan = _msm.Plan(chunk, L, dim, keep, device, budget, n_cols=N, n_turns=n_turns)
     where = device if plan.resident or radius is not None else torch.device("cpu")
     with torch.inference_mode():
         best = torch.empty((m, n_sets, L, keep), dtype=torch.float32, device=device)
         finite = torch.ones((), dtype=torch.bool, device=where)
         for s in range(n_sets):
-            P = _tensor(pool_sets[s]).reshape(N, L, dim).to(where, non_blocking=True)
-            if pool_inv_norms is not None:  # float16 pool: normalised on the way to float32
-                P = P.float() * _tensor(pool_inv_norms[s]).to(where)[..., None]
+            P = _pool_set(pool_sets, pool_inv_norms, s, where)
+            if pool_copies is not None:  # each pool image with its copies: (N, (1 + n_turns) L, C)
+                P = torch.cat([P.float(), _pool_set(*pool_copies, s, where).float()], dim=1)
             for c0 in range(0, m, chunk):
                 Q, ok = _load_set(new[c0 : c0 + chunk, s], where)
                 finite &= ok
@@ -204,6 +256,15 @@ def pool_best_matches(new, pool_sets, pool_inv_norms, k_max, device, budget, mat
         if not bool(finite):
             raise ValueError("features contains NaN or infinity")
         return best.cpu().numpy()
+
+
+def _pool_set(sets, inv_norms, s, where):
+    """Set ``s`` of a pool made by :func:`prepare_pool`, (N, L, C) on ``where``."""
+    N, _, _, dim = sets.shape[1:]
+    P = _tensor(sets[s]).reshape(N, -1, dim).to(where, non_blocking=True)
+    if inv_norms is not None:  # float16 pool: normalised on the way to float32
+        P = P.float() * _tensor(inv_norms[s]).to(where)[..., None]
+    return P
 
 
 def merge_best_matches(parts, k_bounds):
@@ -216,7 +277,7 @@ def merge_best_matches(parts, k_bounds):
     return dist.mean(dim=3).numpy()
 
 
-def best_matches(features, keep, device, budget, matmul_precision, radius=None, progress=None):
+def best_matches(features, keep, device, budget, matmul_precision, radius=None, progress=None, copies=None):
     """The ``keep`` best matches of each patch among the *other* images of ``features``.
 
     What a pool keeps for conformal calibration and for growing without a
@@ -229,7 +290,10 @@ def best_matches(features, keep, device, budget, matmul_precision, radius=None, 
     ----------
     features : ndarray of shape (n, n_sets, h, w, C)
     progress : callable or None
-        Called with the image pairs compared (``n_sets * n * (n - 1) / 2`` in all).
+        Called with the image pairs compared (``n_sets * n * (n - 1) / 2`` in all,
+        plus ``n_sets * n_turns * n * n`` with copies).
+    copies : ndarray of shape (n, n_sets, n_turns * h, w, C) or None
+        The images' turned copies (:func:`stack_copies`), scorers of every image but their own.
 
     Returns
     -------
@@ -241,14 +305,18 @@ def best_matches(features, keep, device, budget, matmul_precision, radius=None, 
     if n < 2:
         return best
     k = min(keep, n)  # the table's own column is -inf: with k == n it is the last entry
-    plan = _msm.Plan(n, L, dim, k, device, budget)
+    plan = _msm.Plan(n, L, dim, k, device, budget, n_turns=0 if copies is None else copies.shape[2] // h)
     where = device if plan.resident or radius is not None else torch.device("cpu")
     with torch.inference_mode():
         finite = torch.ones((), dtype=torch.bool, device=where)
         for s in range(n_sets):
             Z, ok = _load_set(features[:, s], where)
             finite &= ok
-            table = _table(Z, plan, matmul_precision, "matmul", radius, (h, w), progress=progress)
+            Zc = None
+            if copies is not None:
+                Zc, ok = _load_set(copies[:, s], where)
+                finite &= ok
+            table = _table(Z, plan, matmul_precision, "matmul", radius, (h, w), progress=progress, copies=Zc)
             best[:, s, :, :k] = torch.topk(table, k, dim=2, sorted=True).values.cpu().numpy()
             del table
         if not bool(finite):

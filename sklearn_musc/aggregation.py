@@ -242,6 +242,9 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
         -------
         features : FeatureSets
             ``features.features`` has shape (n_images, n_sets, grid_h, grid_w, dim).
+            Tokens with turned copies (``ViTPatchTransformer(turns=...)``)
+            give ``features.turned`` (n_images, n_turns, n_sets, grid_h,
+            grid_w, dim): each copy aggregated as an image of its own.
         """
         check_is_fitted(self, "set_index_")
         X = as_patch_tokens(X)
@@ -251,26 +254,25 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
                 f"tokens have {n_layers} layers of width {dim}; this transformer was "
                 f"fitted on {self.n_layers_in_} layers of width {self.dim_in_}"
             )
-        kernel = _lnamd if self.aggregation == "mean" else _snamd
-        per_layer = len(self.set_index_) // n_layers
         # Set-major in memory, (n, n_sets, ...) in shape: each feature set is
         # one contiguous block, which MSM scores (or moves to its device)
-        # without gathering it first.
-        dtype = np.dtype(self.dtype)
-        out = np.empty((len(self.set_index_), n, h, w, dim), dtype=dtype).transpose(1, 0, 2, 3, 4)
-        step = int(self.batch_size)
-        with torch.inference_mode(), progress_bar(n, "LNAMD", self.progress, unit="image") as bar:
-            for start in range(0, n, step):
-                chunk = torch.as_tensor(X.tokens[start : start + step])
-                chunk = chunk.to(self.device_, torch.float32)
-                check_finite(chunk, "tokens")
-                stop = start + chunk.shape[0]
-                for layer in range(n_layers):
-                    sets = kernel(chunk[:, layer], self._r_list)
-                    sets = sets.to(_TORCH_DTYPE[dtype])  # on the device: half the traffic for float16
-                    for k in range(per_layer):  # straight into the contiguous block of each set
-                        torch.from_numpy(out[start:stop, layer * per_layer + k]).copy_(sets[:, k])
-                bar.update(stop - start)
+        # without gathering it first. Turned copies are aggregated as images
+        # of their own, set-major too: (n_sets, n, n_turns, ...) in memory.
+        dtype, n_sets = np.dtype(self.dtype), len(self.set_index_)
+        out = np.empty((n_sets, n, h, w, dim), dtype=dtype).transpose(1, 0, 2, 3, 4)
+        jobs, turned = [(X.tokens, out)], None
+        if X.turned is not None:  # the copies, aggregated as n * n_turns more images
+            n_turns = X.turned.shape[1] if X.turned.ndim == 6 else -1
+            if X.turned.shape != (n, n_turns) + X.tokens.shape[1:] or len(X.turns or ()) != n_turns:
+                raise ValueError(f"turned tokens must have shape (n_images, n_turns) + {X.tokens.shape[1:]} "
+                                 f"with one name per copy in turns, got {X.turned.shape} and turns={X.turns!r}")
+            flat = np.empty((n_sets, n * n_turns, h, w, dim), dtype=dtype).transpose(1, 0, 2, 3, 4)
+            jobs.append((X.turned.reshape((n * n_turns,) + X.tokens.shape[1:]), flat))
+            turned = flat.reshape((n, n_turns) + flat.shape[1:])  # a view: set-major, (n_sets, n, n_turns, ...)
+        with torch.inference_mode(), progress_bar(sum(len(t) for t, _ in jobs), "LNAMD", self.progress,
+                                                  unit="image") as bar:
+            for tokens, sets in jobs:
+                self._aggregate(tokens, sets, bar)
         return FeatureSets(
             features=out,
             set_index=self.set_index_,
@@ -281,7 +283,27 @@ class LNAMDTransformer(TransformerMixin, BaseEstimator):
             backbone=X.backbone,
             aggregation=(self.aggregation, tuple(self._r_list)),
             crop_mode=X.crop_mode,
+            turned=turned,
+            turns=X.turns if turned is not None else None,
         )
+
+    def _aggregate(self, tokens, out, bar):
+        """Fill ``out`` (n, n_sets, h, w, dim) with the sets of ``tokens`` (n, n_layers, h, w, dim)."""
+        kernel = _lnamd if self.aggregation == "mean" else _snamd
+        n, n_layers = tokens.shape[:2]
+        per_layer = len(self.set_index_) // n_layers
+        step = int(self.batch_size)
+        for start in range(0, n, step):
+            chunk = torch.as_tensor(tokens[start : start + step])
+            chunk = chunk.to(self.device_, torch.float32)
+            check_finite(chunk, "tokens")
+            stop = start + chunk.shape[0]
+            for layer in range(n_layers):
+                sets = kernel(chunk[:, layer], self._r_list)
+                sets = sets.to(_TORCH_DTYPE[out.dtype])  # on the device: half the traffic for float16
+                for k in range(per_layer):  # straight into the contiguous block of each set
+                    torch.from_numpy(out[start:stop, layer * per_layer + k]).copy_(sets[:, k])
+            bar.update(stop - start)
 
     def __sklearn_tags__(self):
         return input_tags(super().__sklearn_tags__())

@@ -23,7 +23,7 @@ from ._validation import check_int_list, check_size
 from .images import as_image_list, load_image
 from .geometry import CROP_MODES, CroppedImageWarning, dropped_fraction, preprocess
 
-__all__ = ["ViTPatchTransformer", "default_layers"]
+__all__ = ["TURNS", "ViTPatchTransformer", "default_layers", "turn_input"]
 
 _PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
@@ -59,6 +59,56 @@ def default_layers(n_blocks, rule="musc"):
     if rule == "inner" and len(stages) > 1:
         return stages[:-1]
     return stages
+
+
+# Turned copies of the model input (ViTPatchTransformer(turns=...)): name -> (quarter turns, flipped axis).
+# Quarter turns are counter-clockwise (torch.rot90 on the (H, W) axes, PIL's ROTATE_90).
+_TURNS = {"rot90": (1, None), "rot180": (2, None), "rot270": (3, None), "flip": (0, -1), "flip_v": (0, -2)}
+TURNS = tuple(_TURNS)
+
+
+def turn_input(x, turn):
+    """A batch of model inputs (B, C, H, W) turned or mirrored as ``turn`` names.
+
+    Parameters
+    ----------
+    x : tensor of shape (B, C, H, W)
+    turn : {"rot90", "rot180", "rot270", "flip", "flip_v"}
+        Quarter turns counter-clockwise ("rot90", "rot180", "rot270"),
+        left-right mirror ("flip") or top-bottom mirror ("flip_v").
+
+    Returns
+    -------
+    turned : tensor of shape (B, C, H, W), or (B, C, W, H) for a quarter turn
+
+    Examples
+    --------
+    >>> import torch
+    >>> turn_input(torch.arange(4.).reshape(1, 1, 2, 2), "rot90")[0, 0]
+    tensor([[1., 3.],
+            [0., 2.]])
+    """
+    quarters, axis = _TURNS[turn]
+    return torch.flip(x, dims=(axis,)) if axis is not None else torch.rot90(x, quarters, dims=(-2, -1))
+
+
+def _check_turns(turns, input_size):
+    """``turns`` as a tuple of distinct names; quarter turns need a square input."""
+    if turns is None:
+        return ()
+    turns = (turns,) if isinstance(turns, str) else tuple(turns)
+    if len(set(turns)) != len(turns):
+        raise ValueError(f"turns {turns!r} name the same copy twice")
+    odd = [t for t in turns if _TURNS[t][0] % 2]
+    if odd and input_size[0] != input_size[1]:
+        raise ValueError(f"turns {odd!r} need a square model input to turn, got image_size "
+                         f"{input_size[0]} x {input_size[1]}: use 'rot180', 'flip' or 'flip_v', or a square image_size")
+    return turns
+
+
+def _is_turns(value):
+    value = (value,) if isinstance(value, str) else value
+    return isinstance(value, (tuple, list)) and len(value) > 0 and all(v in _TURNS for v in value)
 
 
 def _check_layers(layers, n_blocks):
@@ -160,6 +210,22 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         Seeds the random initialisation when ``pretrained`` is None (ignored
         for pretrained weights), so that random-weight runs can be repeated;
         None draws from torch's global random state.
+    turns : sequence of {"rot90", "rot180", "rot270", "flip", "flip_v"}, str or None, default=None
+        Turned copies of every image, for parts that lie at any angle (a
+        screw): each image's model input, after it is fitted to
+        ``image_size``, is also turned by a quarter, a half or three
+        quarters counter-clockwise, or mirrored left-right ("flip") or
+        top-bottom ("flip_v"), and passed through the ViT; the tokens are
+        returned in ``PatchTokens.turned``. :class:`MutualScoringDetector`
+        then scores each patch against every *other* image and that image's
+        copies (never the image's own copies), so a normal patch finds its
+        match whatever way the other parts lie. Each copy is one more
+        forward pass per image, and one more set of scorer patches, about
+        twice the mutual-scoring products of the batch itself: ``T`` copies
+        cost ``(1 + T)`` times the ViT and about ``(1 + 2T)`` times MSM.
+        "rot90" and "rot270" need a square ``image_size``. New images scored
+        against a novelty pool need no copies of their own (the pool's
+        score them), though a Pipeline's ViT makes them. None: no copies.
 
     Attributes
     ----------
@@ -190,6 +256,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         Normalisation used in preprocessing.
     device_ : torch.device
         The device used.
+    turns_ : tuple of str
+        The turned copies made of every image (empty without ``turns``).
 
     See Also
     --------
@@ -218,6 +286,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     (2, 4, 4, 4, 64)
     >>> vit.layers_, out.original_sizes
     ((0, 1, 2, 3), ((60, 80), (60, 80)))
+
+    Turned copies of every image, extra scorers for ``MutualScoringDetector``:
+
+    >>> vit.set_params(turns=("rot90", "flip")).fit().transform(images).turned.shape
+    (2, 2, 4, 4, 4, 64)
     """
 
     _parameter_constraints = {
@@ -234,6 +307,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "dtype": [Options(*_DTYPES)],
         "progress": ["boolean"],
         "random_state": [None, "random_state"],
+        "turns": [None, Satisfies(_is_turns, "a turn name or a non-empty sequence of them ("
+                                  + ", ".join(repr(t) for t in TURNS) + ")")],
     }
 
     def __init__(
@@ -251,6 +326,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         dtype="float16",
         progress=True,
         random_state=None,
+        turns=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -264,6 +340,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.progress = progress
         self.random_state = random_state
+        self.turns = turns
 
     def fit(self, X=None, y=None):
         """Validate the parameters and build the backbone; the images are not used.
@@ -281,6 +358,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         """
         validate_params(self)
         size = check_size(self.image_size, "image_size")
+        turns = _check_turns(self.turns, size)
         device = resolve_device(self.device)
         if self.precision != "float32" and device.type != "cuda":
             raise ValueError(
@@ -308,6 +386,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.mean_ = np.asarray(backbone.mean, dtype=np.float64)
         self.std_ = np.asarray(backbone.std, dtype=np.float64)
         self.embed_dim_ = backbone.embed_dim
+        self.turns_ = turns
         return self
 
     # ------------------------------------------------------------------ model
@@ -356,6 +435,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         # pickled before crop_mode existed: it was fitted with the centre crop, and keeps it
         state = dict(state)
         state.setdefault("crop_mode", "center")
+        state.setdefault("turns", None)  # and before turns existed: no copies
+        if "layers_" in state:
+            state.setdefault("turns_", ())
         super().__setstate__(state)
 
     # ------------------------------------------------------------------ transform
@@ -375,7 +457,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             ``tokens.tokens`` of shape (n_images, n_layers, grid_h, grid_w, dim)
             in ``dtype``; ``tokens.embeddings`` (n_images, embed_dim)
             float32, unit norm; plus ``input_size``, ``original_sizes``,
-            ``layers``, ``sources`` and ``crop_mode``.
+            ``layers``, ``sources`` and ``crop_mode``. With ``turns``,
+            ``tokens.turned`` of shape (n_images, n_turns, n_layers, grid_h,
+            grid_w, dim): the tokens of each turned copy of the model input,
+            named in ``tokens.turns``.
 
         Warns
         -----
@@ -390,6 +475,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         n, (gh, gw) = len(items), self.grid_size_
         torch_dtype, np_dtype = _DTYPES[self.dtype]
         tokens = np.empty((n, len(self.layers_), gh, gw, self.token_dim_), dtype=np_dtype)
+        turns = self.turns_
+        turned = np.empty((n, len(turns)) + tokens.shape[1:], dtype=np_dtype) if turns else None
         embeddings = np.empty((n, self.embed_dim_), dtype=np.float32)
         original_sizes = [None] * n
         # The adapters return blocks in network order; put them in the order asked for.
@@ -398,6 +485,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         compute = _PRECISIONS[self.precision]
         autocast = compute != torch.float32
         starts = range(0, n, self.batch_size)
+
+        def forward(x):
+            with torch.autocast(self.device_.type, dtype=compute, enabled=autocast):
+                layer_tokens, embedding = backbone(x, ordered)
+            return torch.stack([layer_tokens[j] for j in order], dim=1), embedding
 
         def load(start):
             stop = min(n, start + self.batch_size)
@@ -419,10 +511,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                     pending = pool.submit(load, k + self.batch_size)
                 original_sizes[start:stop] = sizes
                 x = pixels.to(self.device_, non_blocking=True)
-                with torch.autocast(self.device_.type, dtype=compute, enabled=autocast):
-                    layer_tokens, embedding = backbone(x, ordered)
-                batch = torch.stack([layer_tokens[j] for j in order], dim=1)
+                batch, embedding = forward(x)
                 tokens[start:stop] = _to_storage(batch, torch_dtype, sources[start:stop])
+                for t, turn in enumerate(turns):  # the copies: the same input turned, so no geometry changes
+                    turned[start:stop, t] = _to_storage(forward(turn_input(x, turn))[0], torch_dtype,
+                                                        sources[start:stop])
                 embedding = F.normalize(embedding.float(), dim=-1)
                 embeddings[start:stop] = embedding.cpu().numpy()
                 bar.update(stop - start)
@@ -436,6 +529,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             sources=tuple(sources),
             backbone=self.backbone_,
             crop_mode=self.crop_mode,
+            turned=turned,
+            turns=turns or None,
         )
 
 

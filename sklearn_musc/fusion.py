@@ -32,6 +32,9 @@ def _as_multimodal(X):
     rgb, xyz = as_feature_sets(X.rgb), as_feature_sets(X.xyz)
     if rgb.n_images != xyz.n_images:
         raise ValueError(f"the rgb and xyz features hold {rgb.n_images} and {xyz.n_images} samples")
+    if rgb.turned is not None or xyz.turned is not None:
+        raise ValueError(f"CrossModalDetector does not score with turned copies ({(rgb.turns or xyz.turns)!r}): make "
+                         "the features without ViTPatchTransformer(turns=...)")
     if rgb.input_size != xyz.input_size:
         raise ValueError(
             f"the rgb and xyz features were made for different input sizes: {rgb.input_size} vs "

@@ -48,6 +48,19 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     image gets the score it would get in the batch pool + {image}, without
     the cost of refitting and whatever else is new.
 
+    Features made with turned copies (``ViTPatchTransformer(turns=...)``,
+    carried in ``FeatureSets.turned``) are used as they come: each scorer
+    image counts with its own patches and those of its copies, so a patch's
+    distance to another image is the smallest to that image or to any of
+    its copies, never to the patch's own image or its copies; the interval
+    still runs over the ``N - 1`` other images. Parts that lie at any angle
+    then find their normal patches in the other parts whichever way they
+    lie. Each copy costs about twice the products of the batch itself (a
+    product of two images serves both of them; one with a copy does not).
+    New images scored against a pool (novelty) are scored by the pool's
+    images and their copies; their own copies are not used. Not with
+    ``radius`` or ``foreground``.
+
     Parameters
     ----------
     topmin_min, topmin_max : float, default=0.0, 0.2
@@ -156,7 +169,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ``4 * (n*n*L + 3*n*k*L)`` bytes for the table of per-image best
         matches and its top ``k``, plus the features (``4*n*L*C``; streamed
         from the host in tiles when they do not fit) and one product tile of
-        at most 32 MiB (CPU) or 2 GiB (CUDA). A batch whose table does not fit
+        at most 32 MiB (CPU) or 2 GiB (CUDA); turned copies add their
+        features (``4*n_turns*n*L*C``), not tables. A batch whose table does not fit
         is refused with a ``MemoryError`` that proposes a subset size. With
         ``n_jobs > 1``, each concurrently scored subset has this budget.
     matmul_precision : {"float32", "tf32", "bfloat16"}, default="float32"
@@ -247,6 +261,9 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         (``ViTPatchTransformer(crop_mode=...)``).
     subsets_ : list of ndarray
         Indices of the images of each subset.
+    turns_ : tuple of str
+        The turned copies of the scorer images that were used (the names in
+        ``FeatureSets.turns``); empty without copies.
     device_ : torch.device
         The device used.
     pool_ : FeatureSets
@@ -255,7 +272,8 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         ``features`` are the only state novelty scoring needs:
         ``N * n_sets * grid_h * grid_w * dim`` values in their stored dtype
         (float32 ones normalised to unit length at fit; float16 ones kept
-        as given, with one float32 inverse norm per patch).
+        as given, with one float32 inverse norm per patch). With turned
+        copies, ``pool_.turned`` holds theirs, kept the same way.
     offset_ : float
         With ``novelty=True``: ``-threshold_``, so that
         ``decision_function = score_samples - offset_`` is negative for the
@@ -469,6 +487,12 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 f"foreground={self.foreground!r} masks the background of a batch scored on its own; "
                 "it cannot be combined with references (use foreground=None)"
             )
+        copies = self._copies(X, "the batch")
+        ref_copies = None if refs is None else self._copies(refs, "the references")
+        if refs is not None and (X.turns or None) != (refs.turns or None):
+            raise ValueError(f"the references carry the turned copies {refs.turns!r}, the batch {X.turns!r}: make "
+                             "them with the same ViTPatchTransformer(turns=...)")
+        self.turns_ = tuple(X.turns) if copies is not None else ()
         features = self._foreground(X)
         budget = self.memory_budget or _msm.default_memory_budget(self.device_)
         self.subsets_ = self._split(n, n_refs)
@@ -492,7 +516,9 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 self.repeat_ratio,
                 self._bounds,
                 keep,
-            ), _msm_batch.batch_pairs(len(idx), n_refs, len(set_ids)))
+                copies,
+                ref_copies,
+            ), _msm_batch.batch_pairs(len(idx), n_refs, len(set_ids), len(self.turns_)))
             for idx in self.subsets_
         ]
         results = self._run(jobs, "mutual scoring")
@@ -513,7 +539,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             self.__dict__.pop(name, None)
         ref_best = None
         if refs is not None and whole and (self.repeat_ratio is None or keep is not None):
-            self.reference_scores_, ref_best = self._reference_scores(X, refs, budget, keep)
+            self.reference_scores_, ref_best = self._reference_scores(X, refs, budget, keep, copies, ref_copies)
             if self.repeat_ratio is None:
                 self.pvalues_ = conformal_pvalues(self.reference_scores_, self.anomaly_scores_)
             else:
@@ -525,7 +551,9 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 sources = X.sources + (() if refs is None else refs.sources)
             if best is not None and refs is not None:
                 best = np.concatenate([best, ref_best])
-            self._set_pool(features, _pool_info(X, sources), self.device_, budget, best)
+            if copies is not None and refs is not None:
+                copies = np.concatenate([copies, ref_copies])
+            self._set_pool(features, _pool_info(X, sources), self.device_, budget, best, copies)
         self.threshold_, self.labels_ = self._decide(self.anomaly_scores_)
         self._output = self._image_scores(X, self.patch_scores_, self.anomaly_maps_, self.anomaly_scores_,
                                           self.__dict__.get("pvalues_"))
@@ -533,6 +561,32 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         if self.novelty:
             self.offset_ = -self.threshold_
         return self
+
+    def _copies(self, X, what):
+        """The turned copies of ``X`` as feature sets (``_msm_batch.stack_copies``), or None without copies."""
+        if X.turned is None and not X.turns:
+            return None
+        n_turns = len(X.turns or ())
+        shape = None if X.turned is None else X.turned.shape
+        if n_turns == 0 or shape != (X.n_images, n_turns) + X.features.shape[1:]:
+            raise ValueError(f"the turned copies of {what} must have shape (n_images, n_turns) + "
+                             f"{X.features.shape[1:]} with one name per copy in turns, got {shape} "
+                             f"and turns={X.turns!r}")
+        for name, value, instead in (("radius", self.radius, "radius=None, or features without turns"),
+                                     ("foreground", self.foreground, "foreground=None")):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} cannot be combined with the turned copies {X.turns!r}: a "
+                                 f"turned part has its patches elsewhere on the grid; use {instead}")
+        return _msm_batch.stack_copies(X.turned)
+
+    def __setstate__(self, state):
+        # pickled before turned copies existed (a saved model): fitted without them
+        state = dict(state)
+        if "device_" in state:
+            state.setdefault("turns_", ())
+        if "_pool_sets" in state:
+            state.setdefault("_pool_copies", None)
+        super().__setstate__(state)
 
     def _foreground(self, X):
         """The feature sets MSM scores: with ``foreground``, the background patches zeroed."""
@@ -576,16 +630,18 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         cap = max(n_pool, self.max_pool_size or 0)
         return self._bounds(cap + 1)[1]
 
-    def _set_pool(self, features, info, device, budget, best=None):
-        """Keep ``features`` as the novelty pool, with its best-match lists and calibration scores."""
+    def _set_pool(self, features, info, device, budget, best=None, copies=None):
+        """Keep ``features`` (and the turned ``copies``) as the novelty pool, with its best-match lists and
+        calibration scores."""
         self._pool_sets, self._pool_inv_norms = _msm_batch.prepare_pool(features)
-        self._pool_info = info
+        self._pool_copies = None if copies is None else _msm_batch.prepare_pool(copies)
+        self._pool_info = dict(info, turns=self.turns_ or None)
         if best is None:
             n_pool = len(features)
-            with progress_bar(_msm_batch.batch_pairs(n_pool, 0, features.shape[1]), "pool calibration",
-                              self.progress, unit="pair") as bar:
+            with progress_bar(_msm_batch.batch_pairs(n_pool, 0, features.shape[1], len(self.turns_)),
+                              "pool calibration", self.progress, unit="pair") as bar:
                 best = _msm_batch.best_matches(features, self._keep(n_pool), device, budget,
-                                               self.matmul_precision, self.radius, bar.update)
+                                               self.matmul_precision, self.radius, bar.update, copies)
         self._pool_best = best
         self.__dict__.pop("calibration_scores_", None)
         n_pool = len(features)
@@ -615,7 +671,7 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
     def _alpha_threshold(self):
         return conformal_threshold(self._calibration(), self.alpha, "the pool (novelty=True)")
 
-    def _reference_scores(self, X, refs, budget, keep=None):
+    def _reference_scores(self, X, refs, budget, keep=None, copies=None, ref_copies=None):
         """Each reference scored by the batch and the other references, with the batch's bounds.
 
         A batch image ``x`` is scored by the rest of the batch and the
@@ -626,12 +682,12 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         """
         n, n_refs = X.n_images, refs.n_images
         n_sets = refs.features.shape[1]
-        with progress_bar(_msm_batch.batch_pairs(n_refs, n, n_sets), "reference scores", self.progress,
-                          unit="pair") as bar:
+        with progress_bar(_msm_batch.batch_pairs(n_refs, n, n_sets, len(self.turns_)), "reference scores",
+                          self.progress, unit="pair") as bar:
             out = _msm_batch.score_batch(
                 refs.features, None, range(n_sets), self._bounds(n + n_refs), self.device_,
                 budget, self.matmul_precision, self.algorithm, self.radius, X.features, keep=keep,
-                progress=bar.update,
+                copies=ref_copies, reference_copies=copies, progress=bar.update,
             )
         set_scores, best = out if keep is not None else (out, None)
         maps = self._upsample(set_scores.mean(axis=1), X.input_size)
@@ -649,9 +705,12 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
             self.__dict__.pop(name, None)
         self.input_size_, self.original_sizes_, self.crop_mode_ = X.input_size, X.original_sizes, X.crop_mode
         self.threshold_ = None if self.threshold is None else float(self.threshold)
+        copies = self._copies(X, "the pool")
+        self.turns_ = tuple(X.turns) if copies is not None else ()
         self._set_pool(X.features, _pool_info(X, X.sources), self.device_, None,
                        best=np.full(X.features.shape[:2] + (X.features.shape[2] * X.features.shape[3],
-                                                            self._keep(1)), -np.inf, dtype=np.float32))
+                                                            self._keep(1)), -np.inf, dtype=np.float32),
+                       copies=copies)
         if self.threshold_ is not None:
             self.offset_ = -self.threshold_
         return self
@@ -661,7 +720,13 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         """The pool that scores new images (``novelty=True``), as :class:`FeatureSets`."""
         if "_pool_sets" not in self.__dict__:
             raise AttributeError("pool_ exists only after fit with novelty=True")
-        return FeatureSets(features=self._pool_sets.transpose(1, 0, 2, 3, 4), **self._pool_info)
+        turned = None
+        if self._pool_copies is not None:  # (n_sets, N, n_turns * h, w, C) -> (N, n_turns, n_sets, h, w, C)
+            sets = self._pool_copies[0]
+            n_sets, N, _, w, dim = sets.shape
+            h = self._pool_sets.shape[2]
+            turned = sets.reshape(n_sets, N, -1, h, w, dim).transpose(1, 2, 0, 3, 4, 5)
+        return FeatureSets(features=self._pool_sets.transpose(1, 0, 2, 3, 4), turned=turned, **self._pool_info)
 
     def _run(self, jobs, desc):
         """Results of ``jobs`` (function, args, image pairs) through joblib, with a progress bar.
@@ -895,10 +960,10 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         n_sets = len(pool.set_index)
         best = self._run([
             (_msm_batch.pool_best_matches, (
-                X.features[c], self._pool_sets[:, p],
-                None if self._pool_inv_norms is None else self._pool_inv_norms[:, p], k_bounds[1],
+                X.features[c], *_pool_part(self._pool_sets, self._pool_inv_norms, p), k_bounds[1],
                 device, budget, self.matmul_precision, self.radius,
-            ), n_sets * (c.stop - c.start) * (p.stop - p.start))
+                None if self._pool_copies is None else _pool_part(*self._pool_copies, p),
+            ), n_sets * (c.stop - c.start) * (p.stop - p.start) * (1 + len(self.turns_)))
             for c in chunks
             for p in parts
         ], "novelty scoring")
@@ -980,6 +1045,11 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
                 f"the added images' features are {X.features.dtype}, the pool's {self._pool_sets.dtype}: "
                 "make them with the same LNAMDTransformer settings"
             )
+        if (X.turns or None) != (pool.turns or None):
+            raise ValueError(f"the added images carry the turned copies {X.turns!r}, the pool {pool.turns!r}: make "
+                             "them with the same ViTPatchTransformer(turns=...)")
+        new_copies = self._copies(X, "the added images")
+        old_copies = None if new_copies is None else self._pool_copies[0].transpose(1, 0, 2, 3, 4)
         device = resolve_device(self.device)
         budget = self.memory_budget or _msm.default_memory_budget(device)
         old = pool.features
@@ -992,21 +1062,26 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
         best = None
         if drop == 0 and self._bounds(n_total + 1)[1] <= keep:  # the kept lists are long enough: update them
             new_sets, new_inv = _msm_batch.prepare_pool(X.features)
+            added_copies = None if new_copies is None else _msm_batch.prepare_pool(new_copies)
             n_old, n_new, n_sets = len(old), X.n_images, old.shape[1]
-            with progress_bar(n_sets * (2 * n_old * n_new + n_new * (n_new - 1) // 2), "adding to the pool",
-                              self.progress, unit="pair") as bar:
+            n_turns = len(self.turns_)
+            pairs = n_sets * 2 * n_old * n_new * (1 + n_turns) + _msm_batch.batch_pairs(n_new, 0, n_sets, n_turns)
+            with progress_bar(pairs, "adding to the pool", self.progress, unit="pair") as bar:
                 args = (device, budget, self.matmul_precision, self.radius)
-                old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, n_new, *args, progress=bar.update)
+                old_vs_new = _msm_batch.pool_best_matches(old, new_sets, new_inv, n_new, *args, added_copies,
+                                                          progress=bar.update)
                 new_vs_old = _msm_batch.pool_best_matches(X.features, self._pool_sets, self._pool_inv_norms, keep,
-                                                          *args, progress=bar.update)
-                new_vs_new = _msm_batch.best_matches(X.features, keep, *args, progress=bar.update)
+                                                          *args, self._pool_copies, progress=bar.update)
+                new_vs_new = _msm_batch.best_matches(X.features, keep, *args, progress=bar.update, copies=new_copies)
             best = np.concatenate([_msm_batch.merge_kept([self._pool_best, old_vs_new], keep),
                                    _msm_batch.merge_kept([new_vs_old, new_vs_new], keep)])
-        elif drop:
+        copies = None if new_copies is None else np.concatenate([old_copies, new_copies])
+        if drop:
             features = features[drop:]
+            copies = None if copies is None else copies[drop:]
             if info["sources"] is not None:
                 info["sources"] = info["sources"][drop:]
-        self._set_pool(features, info, device, budget, best)
+        self._set_pool(features, info, device, budget, best, copies)
         if self.alpha is not None:
             self.threshold_ = self._alpha_threshold()
         if self.threshold_ is not None:
@@ -1015,8 +1090,13 @@ class MutualScoringDetector(NoveltyMixin, OutlierMixin, BaseEstimator):
 
 
 # What a fit sets besides the batch's scores, cleared at every fit.
-_FIT_STATE = ("_pool_sets", "_pool_inv_norms", "_pool_info", "_pool_best", "offset_", "calibration_scores_",
-              "pvalues_", "reference_scores_")
+_FIT_STATE = ("_pool_sets", "_pool_inv_norms", "_pool_copies", "_pool_info", "_pool_best", "offset_",
+              "calibration_scores_", "pvalues_", "reference_scores_")
+
+
+def _pool_part(sets, inv_norms, part):
+    """The images ``part`` (a slice) of a pool made by ``prepare_pool``: (sets, inv_norms)."""
+    return sets[:, part], None if inv_norms is None else inv_norms[:, part]
 
 
 def _novelty_jobs(n_new, n_pool, n_workers):

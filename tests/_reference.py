@@ -158,7 +158,7 @@ def rscin(scores, embeddings, k_list):
 
 
 def nearest_distances(a, b, grid=None, radius=None):
-    """(L,) distance of each patch of image ``a`` (L, C) to its nearest patch of ``b``.
+    """(L,) distance of each patch of image ``a`` (L, C) to its nearest patch of ``b`` (L', C).
 
     With ``radius``, only the patches of ``b`` within ``radius`` rows and
     columns of the same grid position count (same-position matching).
@@ -167,7 +167,7 @@ def nearest_distances(a, b, grid=None, radius=None):
     out = np.empty(L)
     for p in range(L):
         best = np.inf
-        for q in range(L):
+        for q in range(len(b)):  # b may have more patches: a scorer with its turned copies
             if radius is not None:
                 (py, px), (qy, qx) = divmod(p, grid[1]), divmod(q, grid[1])
                 if abs(py - qy) > radius or abs(px - qx) > radius:

@@ -18,7 +18,7 @@ def paper_vit(device="cpu"):
     """ViTPatchTransformer's fitted attributes for the paper's ViT-L-14-336 at 518 px."""
     return SimpleNamespace(device_=torch.device(device), layers_=(5, 11, 17, 23), n_blocks_=24, token_dim_=1024,
                            grid_size_=(37, 37), n_prefix_tokens_=1, input_size_=(518, 518), patch_size_=(14, 14),
-                           backbone_="open_clip:ViT-L-14-336")
+                           backbone_="open_clip:ViT-L-14-336", turns_=())
 
 
 def test_the_arithmetic():

@@ -102,6 +102,26 @@ def test_fused_detector_gives_the_matmul_scores(run_on, device):
     run_on(device, check_detector)
 
 
+def check_detector_with_turned_copies(device):
+    from sklearn_musc._batch import FeatureSets
+
+    rng = np.random.default_rng(0)
+    both = rng.normal(size=(1, 1, 2, 3, 4, 16)) + rng.normal(size=(8, 2, 2, 3, 4, 16))
+    both = (both / np.linalg.norm(both, axis=-1, keepdims=True)).astype(np.float32)
+    feats = FeatureSets(features=np.ascontiguousarray(both[:, 0]), set_index=((0, 0), (1, 0)),
+                        turned=np.ascontiguousarray(both[:, 1:]), turns=("rot90",))
+    fused = MutualScoringDetector(device=device, algorithm="fused", progress=False).fit(feats)
+    matmul = MutualScoringDetector(device=device, progress=False).fit(feats)
+    assert fused.turns_ == ("rot90",)
+    assert np.abs(fused.set_patch_scores_ - matmul.set_patch_scores_).max() < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_detector_takes_turned_copies_as_matmul_does(run_on, device):
+    """The batch's own table fused, the copies' products maximised into it (test_turns.py has the reference)."""
+    run_on(device, check_detector_with_turned_copies)
+
+
 def check_no_reference_cycle(device):
     import gc
     import weakref

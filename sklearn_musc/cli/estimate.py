@@ -38,19 +38,20 @@ def vit_flops(n_images, depth, width, tokens):
     return n_images * depth * (24 * tokens * width**2 + 4 * tokens**2 * width)
 
 
-def msm_flops(n_images, n_refs, n_sets, patches, width, max_subset_size=None):
-    """Operations of mutual scoring: every pair of a subset and every image against every reference."""
+def msm_flops(n_images, n_refs, n_sets, patches, width, max_subset_size=None, n_turns=0):
+    """Operations of mutual scoring: every pair of a subset and every image against every reference
+    (and against every other image's ``n_turns`` turned copies)."""
     n_subsets = 1 if not max_subset_size else math.ceil(n_images / max_subset_size)
     sizes = [len(range(i, n_images, n_subsets)) for i in range(n_subsets)]  # as even as the split
-    pairs = sum(batch_pairs(m, n_refs, n_sets) for m in sizes)
+    pairs = sum(batch_pairs(m, n_refs, n_sets, n_turns) for m in sizes)
     return pairs * 2 * patches**2 * width
 
 
-def estimate(n_images, n_refs, n_sets, *, depth, width, grid, prefix, max_subset_size=None, rate):
-    """``(vit seconds, mutual scoring seconds)`` of a run at ``rate`` FLOP/s."""
+def estimate(n_images, n_refs, n_sets, *, depth, width, grid, prefix, max_subset_size=None, rate, n_turns=0):
+    """``(vit seconds, mutual scoring seconds)`` of a run at ``rate`` FLOP/s (``n_turns``: copies per image)."""
     patches = grid[0] * grid[1]
-    vit = vit_flops(n_images + n_refs, depth, width, patches + prefix) / rate
-    msm = msm_flops(n_images, n_refs, n_sets, patches, width, max_subset_size) / rate
+    vit = vit_flops((n_images + n_refs) * (1 + n_turns), depth, width, patches + prefix) / rate
+    msm = msm_flops(n_images, n_refs, n_sets, patches, width, max_subset_size, n_turns) / rate
     return vit, msm
 
 
@@ -72,7 +73,7 @@ def announce(vit, lnamd, n_images, n_refs, max_subset_size, stage, rate=None):
         return None
     n_sets = _n_sets(vit, lnamd)
     rate = rate or matmul_rate()
-    common = dict(prefix=vit.n_prefix_tokens_, max_subset_size=max_subset_size, rate=rate)
+    common = dict(prefix=vit.n_prefix_tokens_, max_subset_size=max_subset_size, rate=rate, n_turns=len(vit.turns_))
     a, b = estimate(n_images, n_refs, n_sets, depth=vit.n_blocks_, width=vit.token_dim_, grid=vit.grid_size_,
                     **common)
     if a + b < LONG:
@@ -89,12 +90,12 @@ def announce(vit, lnamd, n_images, n_refs, max_subset_size, stage, rate=None):
         grid = (size // patch, size // patch)
         faster.append((f"--backbone {name} --image-size {size}",
                        estimate(n_images, n_refs, n_sets, depth=depth, width=small_width, grid=grid,
-                                prefix=1, max_subset_size=max_subset_size, rate=rate)))
+                                prefix=1, max_subset_size=max_subset_size, rate=rate, n_turns=len(vit.turns_))))
     if n_images > 100 and (max_subset_size is None or max_subset_size > 50):
         faster.append(("--max-subset-size 50", estimate(n_images, n_refs, n_sets, depth=vit.n_blocks_,
                                                         width=vit.token_dim_, grid=vit.grid_size_,
                                                         prefix=vit.n_prefix_tokens_, max_subset_size=50,
-                                                        rate=rate)))
+                                                        rate=rate, n_turns=len(vit.turns_))))
     line = (f"estimated time on the CPU: about {_duration(a + b)} (ViT forward {_duration(a)}, mutual scoring "
             f"{_duration(b)}, at the {rate / 1e9:.0f} GFLOP/s float32 matmul rate measured now)")
     if faster:
@@ -115,8 +116,9 @@ def announce_new(vit, n_sets, n_new, n_pool, stage, rate=None):
         return None
     rate = rate or matmul_rate()
     patches = vit.grid_size_[0] * vit.grid_size_[1]
-    a = vit_flops(n_new, vit.n_blocks_, vit.token_dim_, patches + vit.n_prefix_tokens_) / rate
-    b = n_new * n_pool * n_sets * 2 * patches**2 * vit.token_dim_ / rate
+    n_turns = len(vit.turns_)  # the new images' copies are made too; the pool's copies score them
+    a = vit_flops(n_new * (1 + n_turns), vit.n_blocks_, vit.token_dim_, patches + vit.n_prefix_tokens_) / rate
+    b = n_new * n_pool * (1 + n_turns) * n_sets * 2 * patches**2 * vit.token_dim_ / rate
     if a + b < LONG:
         return a + b
     stage(f"estimated time on the CPU: about {_duration(a + b)} for {n_new} new images against the pool of "

@@ -15,6 +15,7 @@ from .._backbones import check_weights_file, resolve_backbone
 from .._device import resolve_device
 from .._validation import check_contamination, check_int_list, check_size
 from ..conformal import check_level
+from ..features import TURNS
 from ..geometry import CROP_MODES
 from ..images import IMAGE_SUFFIXES
 from ..presets import PRESETS, STEPS, available_presets, make_musc_pipeline, pretrained_from_options
@@ -27,8 +28,8 @@ PRESET = PRESETS["default"]  # the backbone options' defaults (the demo has its 
 _PRESET_OPTIONS = {"r_list": "lnamd__r_list", "k_list": "rscin__k_list", "crop_mode": "vit__crop_mode"}
 
 # the options that define a model: fixed by --model, so refused beside it
-MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "crop_mode", "layers", "preset", "r_list",
-                 "k_list", "contamination", "max_subset_size")
+MODEL_OPTIONS = ("backbone", "pretrained", "weights", "image_size", "crop_mode", "layers", "turns", "preset",
+                 "r_list", "k_list", "contamination", "max_subset_size")
 MODEL_STEPS = list(STEPS)
 
 
@@ -41,6 +42,15 @@ def _image_size(text):
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"image size must be N or HxW in positive pixels, got {text!r}")
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _turns(text):
+    """``--turns rot90,flip``: names of ViTPatchTransformer's ``turns``, as a tuple."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in names if t not in TURNS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"must be comma-separated names among {', '.join(TURNS)}, got {text!r}")
+    return names
 
 
 def _contamination(text):
@@ -80,6 +90,10 @@ def add_model_options(parser, *, backbone, image_size):
                         "auto (the crop for the input's aspect ratio, else squash: every pixel seen); default: "
                         "the preset's, auto ('center' for the paper-* presets)")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="0-based blocks (default: 4 stage ends)")
+    g.add_argument("--turns", type=_turns, default=None,
+                   help="turned copies of every image as extra scorers of the others, for parts lying at any "
+                        f"angle: comma-separated, among {', '.join(TURNS)} (each copy: one more ViT forward and "
+                        "about twice the scoring's products; default: none)")
     g.add_argument("--preset", choices=available_presets(), default="default",
                    help="settings after the backbone (sklearn_musc.presets): the library's defaults, or the "
                         "MuSc paper's for a dataset (default %(default)s)")
@@ -113,7 +127,8 @@ def build_pipeline(args, pretrained, novelty=False):
         args.preset,
         vit__backbone=args.backbone, vit__pretrained=pretrained, vit__image_size=args.image_size,
         vit__crop_mode=option(args, "crop_mode"),
-        vit__layers=args.layers, vit__device=args.device, vit__batch_size=args.batch_size,
+        vit__layers=args.layers, vit__turns=getattr(args, "turns", None), vit__device=args.device,
+        vit__batch_size=args.batch_size,
         vit__progress=not args.no_progress, lnamd__progress=not args.no_progress,
         msm__progress=not args.no_progress,
         lnamd__r_list=tuple(option(args, "r_list")), lnamd__device=args.device,

@@ -127,7 +127,8 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
     else:
         tokens = _timed_stage(timings, "vit", f"[2/5] ViT patch tokens of {n} images ({vit.backbone_}, "
                               f"{vit.input_size_[0]} x {vit.input_size_[1]} px, device {vit.device_})"
-                              + (f" and of {len(references)} references" if references else ""),
+                              + (f" and of {len(references)} references" if references else "")
+                              + _turns_text(vit),
                               vit.transform, ImageFiles(paths))
         ref_tokens = None if not references else vit.transform(ImageFiles(references))
     feats = _timed_stage(timings, "lnamd", f"[3/5] LNAMD aggregation (r_list {tuple(lnamd.r_list)})",
@@ -140,6 +141,11 @@ def compute(pipe, paths, names, *, skipped=(), settings=None, references=None, c
     _timed_stage(timings, "rscin", f"[5/5] RsCIN re-scoring (k_list {tuple(rscin.k_list)})", rscin.fit, image_scores)
     timings["scoring_total"] = time.perf_counter() - start
     return _batch_results(msm, rscin, paths, names, references, vit.input_size_, settings, timings, skipped)
+
+
+def _turns_text(vit):
+    """What the ViT stage line says of the turned copies (``--turns``)."""
+    return f", with turned copies {','.join(vit.turns_)} as extra scorers" if vit.turns_ else ""
 
 
 def _batch_results(detector, rscin, paths, names, references, input_size, settings, timings, skipped):
@@ -177,6 +183,7 @@ def _settings(args, pipe, modality="rgb", cloud=None):
         "backbone": vit.backbone_, "pretrained": None if args.weights is not None else pretrained(args),
         "weights": str(args.weights) if args.weights is not None else None,
         "image_size": list(vit.input_size_), "crop_mode": vit.crop_mode, "layers": list(vit.layers_),
+        "turns": list(vit.turns_) or None,
     } if modality != "3d" else {"backbone": None, "image_size": list(cloud.input_size_)}
     settings.update({
         "preset": args.preset, "r_list": list(option(args, "r_list")), "k_list": list(option(args, "k_list")),
@@ -321,7 +328,7 @@ MODALITIES = ("rgb", "3d", "rgb+3d")
 FUSIONS = ("sum", "cae")
 # The default of a folder with point clouds, and why: benchmarks/RESULTS.md, "3D and 2D + 3D".
 DEFAULT_MODALITY, DEFAULT_FUSION = "rgb+3d", "sum"
-_CLOUD_UNUSED = ("backbone", "pretrained", "weights", "layers")  # the ViT's options: not used by --modality 3d
+_CLOUD_UNUSED = ("backbone", "pretrained", "weights", "layers", "turns")  # the ViT's: not used by --modality 3d
 
 
 def _check_modality(args, has_clouds):
@@ -343,6 +350,9 @@ def _check_modality(args, has_clouds):
     if modality == "rgb+3d" and getattr(args, "crop_mode", None) not in (None, "center"):
         raise InputError(f"--crop-mode {args.crop_mode} is not supported with --modality rgb+3d: the point clouds "
                          "are centre-cropped, so the images are too (leave --crop-mode out, or use --modality rgb)")
+    if modality == "rgb+3d" and getattr(args, "turns", None):
+        raise InputError("--turns is not supported with --modality rgb+3d (the fused detector scores without "
+                         "turned copies): leave it out, or use --modality rgb")
     if modality == "rgb+3d" and args.max_subset_size is not None:
         raise InputError("--max-subset-size is not supported with --modality rgb+3d (the fused detector "
                          "scores the whole batch): leave it out, or use --modality rgb or 3d")
@@ -521,9 +531,12 @@ def run_fit(args):
         finally:
             tmp.unlink(missing_ok=True)
     msm = pipe["msm"]
-    print(f"fitted a pool of {len(paths)} images in {results.timings['scoring_total']:.1f} s: "
-          f"{msm.pool_.features.shape[1]} feature sets, {msm.pool_.features.nbytes / 2**20:.0f} MiB of pool "
-          f"features ({msm.pool_.features.dtype}); threshold {results.threshold:.4f}")
+    pool = msm.pool_
+    size = pool.features.nbytes + (0 if pool.turned is None else pool.turned.nbytes)
+    copies = f" with turned copies {','.join(msm.turns_)}" if msm.turns_ else ""
+    print(f"fitted a pool of {len(paths)} images{copies} in {results.timings['scoring_total']:.1f} s: "
+          f"{pool.features.shape[1]} feature sets, {size / 2**20:.0f} MiB of pool "
+          f"features ({pool.features.dtype}); threshold {results.threshold:.4f}")
     if msm.alpha is not None:
         print(f"  new images are labelled at false-alarm rate {msm.alpha:g}: calibrated on the {len(paths)} "
               f"references, detector threshold {msm.threshold_:.4f} (p-value <= {msm.alpha:g})")
@@ -558,7 +571,8 @@ def compute_new(pipe, paths, names, *, skipped=(), settings=None, drift_level=No
     tokens = _timed_stage(timings, "vit", f"[2/4] ViT patch tokens of {len(paths)} images ({vit.backbone_}, "
                           f"{vit.input_size_[0]} x {vit.input_size_[1]} px)", vit.transform, ImageFiles(paths))
     new = _timed_stage(timings, "scoring",
-                       f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images",
+                       f"[3/4] LNAMD and scoring against the pool of {msm.pool_.n_images} images"
+                       + (f" and their turned copies ({','.join(msm.turns_)})" if msm.turns_ else ""),
                        lambda: msm.transform(lnamd.fit_transform(tokens)))  # LNAMD's fit only checks the shapes
     scores = -_timed_stage(timings, "rscin", "[4/4] RsCIN re-scoring against the pool", rscin.score_samples, new)
     timings["scoring_total"] = time.perf_counter() - start
