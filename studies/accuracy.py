@@ -292,8 +292,10 @@ def _patch_maps(set_scores, input_size):
                          align_corners=True)[:, 0].numpy()
 
 
-def combined_from_tables(category, blocks, size=None, turns=(), entry=None):
+def combined_from_tables(category, blocks, size=None, turns=(), entry=None, alone=False):
     """Metrics with turned copies ``turns`` and, if ``size``, the maps of a second input size averaged in.
+
+    ``alone``: the maps of input size ``size`` only (the 224 px maps are not used).
 
     The image score is the maximum of the averaged map; RsCIN's salient feature comes from the 224 px
     patch scores, as without the second size.
@@ -306,8 +308,8 @@ def combined_from_tables(category, blocks, size=None, turns=(), entry=None):
     maps = _patch_maps(set_scores, X.input_size)
     if size:
         g = int(round(size / 14))
-        maps = (maps + _patch_maps(scores_from_similarity([sized_table(category, blocks, size)], g, g),
-                                   X.input_size)) / 2
+        sized = _patch_maps(scores_from_similarity([sized_table(category, blocks, size)], g, g), X.input_size)
+        maps = sized if alone else (maps + sized) / 2
     scores = maps.reshape(len(maps), -1).max(axis=1)
     layer = len(blocks) - 2
     sal = salient_features(X.features[:, layer], set_scores.mean(axis=1))
@@ -315,10 +317,11 @@ def combined_from_tables(category, blocks, size=None, turns=(), entry=None):
     return _metrics(entry, scores, final, maps)
 
 
-COMBINED = {  # name -> (second input size or None, turns)
-    **{f"orientation: {name}": (None, turns) for name, turns in ORIENTATIONS.items() if turns},
-    **{f"scale: {name}": (size, ()) for name, size in SCALES.items()},
-    "scale: 224 + 336, turn 90": (336, ("rot90",)),
+COMBINED = {  # name -> (second input size or None, turns, whether the second size is used alone)
+    **{f"orientation: {name}": (None, turns, False) for name, turns in ORIENTATIONS.items() if turns},
+    **{f"scale: {name}": (size, (), False) for name, size in SCALES.items()},
+    "scale: 336 alone": (336, (), True),
+    "scale: 224 + 336, turn 180": (336, ("rot180",), False),
 }
 
 
@@ -332,13 +335,36 @@ def compute_combined(category, name, blocks=BEST_BLOCKS):
     path = _combined_path(category, name, blocks)
     if path.exists():
         return joblib.load(path)
-    size, turns = COMBINED[name]
-    out = combined_from_tables(category, blocks, size, turns)
+    size, turns, alone = COMBINED[name]
+    out = combined_from_tables(category, blocks, size, turns, alone=alone)
     print(f"{category:11s} {name:34s} img {out['image_auroc']:.3f} msm {out['msm_auroc']:.3f} "
           f"pix {out['pixel_auroc']:.3f} pro {out['pro']:.3f}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(out, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
+    return out
+
+
+def library(category, turns=("rot90",), blocks=BEST_BLOCKS):
+    """The library's own option on ``category``: ``ViTPatchTransformer(turns=...)`` from the image files.
+
+    The library turns the model input after the image is fitted, the study turns the image before, which
+    differs by a fraction of a pixel on images that are not square; this measures the difference.
+    """
+    from _cache import vit
+
+    entry = load(category)
+    out = {}
+    for name, t in (("none", None), ("turns " + ",".join(turns), turns)):
+        t0 = time.perf_counter()
+        tokens = vit().set_params(layers=list(blocks), turns=t).fit().transform(entry["paths"])
+        X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(tokens)
+        scores = MutualScoringDetector(**MSM).fit_transform(X)
+        final = RsCINRescorer(**RSCIN).fit(scores).anomaly_scores_
+        out[name] = _metrics(entry, scores.scores, final, scores.anomaly_maps)
+        out[name]["seconds"] = time.perf_counter() - t0
+        print(f"{category:11s} library {name:18s} " + " ".join(f"{k} {v:.3f}" for k, v in out[name].items()),
+              flush=True)
     return out
 
 
@@ -360,6 +386,9 @@ COSTS = {
     "today's default": {},
     "layers='inner'": dict(vit__layers="inner"),
     "layers='inner' + foreground='auto'": dict(vit__layers="inner", msm__foreground="auto"),
+    "layers='inner' + turns rot180": dict(vit__layers="inner", vit__turns=("rot180",)),
+    "layers='inner' + turns rot90, rot180, rot270": dict(vit__layers="inner", vit__turns=("rot90", "rot180", "rot270")),
+    "layers='inner', image_size 336 (the second size alone)": dict(vit__layers="inner", vit__image_size=336),
 }
 
 
@@ -372,12 +401,12 @@ def cost(category="bottle", repeats=int(os.environ.get("ACCURACY_REPEATS", "1"))
 
     paths = list(load_mvtec(DATA, category).paths)
     common = dict(vit__backbone="timm:vit_small_patch14_dinov2", vit__pretrained=str(WEIGHTS),
-                  vit__image_size=224, vit__device="cpu", vit__progress=False, lnamd__device="cpu",
+                  vit__device="cpu", vit__progress=False, lnamd__device="cpu",
                   msm__device="cpu", msm__progress=False)
     times = {name: [] for name in COSTS}
     for _ in range(repeats):
         for name, extra in COSTS.items():
-            pipe = make_musc_pipeline("default", **common, **extra)
+            pipe = make_musc_pipeline("default", **{"vit__image_size": 224, **common, **extra})
             t0 = time.perf_counter()
             pipe.fit_predict(paths)
             times[name].append(time.perf_counter() - t0)
@@ -506,6 +535,9 @@ def main(argv):
         print(table(cats))
         print()
         print(foreground_stats(cats))
+    elif what == "library":
+        for c in cats:
+            library(c)
     elif what == "check":
         check(*cats[:1])
     else:
