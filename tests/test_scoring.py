@@ -423,6 +423,27 @@ def test_the_accuracy_options_keep_a_repeated_defect_first(repeated_spot_batches
 
 
 @pytest.mark.shared_data
+def test_turned_copies_keep_a_repeated_defect_first():
+    """With the three quarter turns of the other images as scorers (ViTPatchTransformer(turns=...)), a spot
+    copied to 3 of 30 images is still ranked first: the copies add angles, not images that vouch, so the 2
+    other carriers still fill less than the interval (the closest 10 % still do)."""
+    from _helpers import SHARED
+    from sklearn_musc import ViTPatchTransformer
+    from sklearn_musc.datasets import make_synthetic_defects
+
+    weights = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.safetensors"
+    vit = ViTPatchTransformer(backbone="timm:vit_small_patch14_dinov2", pretrained=str(weights), image_size=224,
+                              device="cpu", progress=False, layers="inner", turns=("rot90", "rot180", "rot270"))
+    data = make_synthetic_defects(n_images=30, n_anomalous=3, n_repeated=3, image_size=224, kind="texture",
+                                  defects=("spot",), random_state=0)
+    tokens = vit.fit_transform(list(data.images))
+    assert tokens.turned.shape[1] == 3
+    batch = (tokens, np.asarray(data.labels))
+    assert _auroc(batch) >= 0.95
+    assert _auroc(batch, topmin_max=0.1) < 0.95
+
+
+@pytest.mark.shared_data
 def test_repeat_ratio_finds_a_defect_copied_to_30_percent_of_a_synthetic_batch(repeated_spot_batches):
     """9 of 30: the copies fill the interval and vouch for each other (with the defaults and with the
     paper's LNAMD and 0.3); the filter undoes it."""
