@@ -255,9 +255,14 @@ def similarity_table(category, blocks, turn=None, entry=None):
     lnamd = LNAMDTransformer(device="cpu", aggregation="similarity")
     X = lnamd.fit_transform(_subset(entry["tokens"], blocks)).features
     Y = X if turn is None else lnamd.fit_transform(_subset(turned_tokens(category, turn), blocks)).features
+    return _save_table(path, X, Y, f"{category:11s} table {turn or 'none':6s}")
+
+
+def _save_table(path, X, Y, label):
+    """``best_similarity(X, Y)``, timed, written to ``path`` whole or not at all."""
     t0 = time.perf_counter()
     table = best_similarity(X, Y)
-    print(f"{category:11s} table {turn or 'none':6s} {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{label} {time.perf_counter() - t0:.0f} s", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".tmp"), "wb") as f:
         np.save(f, table)
@@ -290,14 +295,7 @@ def sized_table(category, blocks, size):
         return np.load(path)
     X = LNAMDTransformer(device="cpu", aggregation="similarity").fit_transform(
         _subset(sized_tokens(category, size), blocks)).features
-    t0 = time.perf_counter()
-    table = best_similarity(X, X)
-    print(f"{category:11s} table s{size} {time.perf_counter() - t0:.0f} s", flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".tmp"), "wb") as f:
-        np.save(f, table)
-    path.with_suffix(".tmp").replace(path)
-    return table
+    return _save_table(path, X, X, f"{category:11s} table s{size}")
 
 
 def _patch_maps(set_scores, input_size):
