@@ -271,7 +271,7 @@ def _save_table(path, X, Y, label):
 
 
 # Scale: tokens of the same images at a second input size, kept in $MUSC_CACHE/s<size>
-SCALES = {"224 + 336": 336, "224 + 448": 448}
+SCALES = {"224 + 336": 336}
 
 
 def sized_tokens(category, size):
